@@ -1,0 +1,272 @@
+"""The module protocol, in PyTorch's terms, without autograd.
+
+A :class:`Module` has
+
+* ``forward(x)`` (also ``module(x)``): computes the output and keeps, under named
+  attributes of a cache, exactly what its backward needs;
+* ``backward(grad_out) -> grad_in``: consumes that cache, returns dL/dx and *adds*
+  dL/dp into each parameter's ``.grad`` (like ``loss.backward()`` in PyTorch, gradients
+  accumulate until :meth:`Module.zero_grad`);
+* ``parameters()``, ``named_parameters()``, ``zero_grad()``, ``train()``/``eval()``,
+  ``to(device, dtype)``, ``state_dict()``/``load_state_dict()`` with PyTorch's names.
+
+Each forward replaces the cache and each backward consumes it, so every backward must
+follow its own forward (like a PyTorch graph freed after ``backward()``); calling
+``backward`` without one raises :class:`BackwardWithoutForwardError`.
+"""
+from collections import OrderedDict
+from types import SimpleNamespace
+
+import numpy as np
+
+from . import backend
+
+
+class BackwardWithoutForwardError(RuntimeError):
+    """``backward`` was called with no forward pass cached since the last backward."""
+
+
+class Parameter:
+    """A trainable array and its accumulated gradient.
+
+    Attributes:
+        data: the array (NumPy or CuPy).
+        grad: ``None`` until a backward adds into it; then an array of ``data``'s shape.
+        requires_grad: when False, layers skip computing this parameter's gradient
+            (used to freeze D during the generator update).
+    """
+
+    def __init__(self, data, requires_grad=True):
+        self.data = data
+        self.grad = None
+        self.requires_grad = requires_grad
+
+    def accumulate_grad(self, grad):
+        """Add ``grad`` into ``.grad``; the first gradient is stored as is.
+
+        Callers pass a freshly computed array that nothing else keeps or writes to.
+        """
+        if self.grad is None:
+            self.grad = grad
+        else:
+            self.grad += grad
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    def __repr__(self):
+        return f"Parameter(shape={tuple(self.data.shape)}, dtype={self.data.dtype}, device={backend.device_of(self.data)})"
+
+
+class Module:
+    """Base class of every layer and model.
+
+    Sub-modules and :class:`Parameter` s assigned as attributes are registered
+    automatically (in assignment order, which fixes ``state_dict`` order); buffers
+    (non-trainable arrays saved in the ``state_dict``, e.g. BatchNorm's running
+    statistics) are registered with :meth:`register_buffer`.
+    """
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
+        object.__setattr__(self, "_cache", None)
+
+    # ------------------------------------------------------------------ registration
+    def __setattr__(self, name, value):
+        if isinstance(value, Parameter):
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        elif name in self._buffers:
+            self._buffers[name] = value
+            return
+        object.__setattr__(self, name, value)
+
+    def __getattr__(self, name):
+        # Only called when normal lookup fails: buffers live in their own dict.
+        buffers = self.__dict__.get("_buffers")
+        if buffers is not None and name in buffers:
+            return buffers[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    def register_buffer(self, name, array):
+        """Register a non-trainable array that is saved in the ``state_dict``."""
+        self._buffers[name] = array
+
+    # ------------------------------------------------------------------ forward / backward
+    def __call__(self, x):
+        return self.forward(x)
+
+    def forward(self, x):
+        raise NotImplementedError
+
+    def backward(self, grad_out):
+        raise NotImplementedError
+
+    def save_for_backward(self, **named_arrays):
+        """Keep what backward needs, under names from the math (``x_hat=...``, ``inv_std=...``)."""
+        object.__setattr__(self, "_cache", SimpleNamespace(**named_arrays))
+
+    def saved(self):
+        """Return the cache of the last forward and clear it (a backward consumes its forward)."""
+        cache = self._cache
+        if cache is None:
+            raise BackwardWithoutForwardError(
+                f"{type(self).__name__}.backward() called without a matching forward(): "
+                "each backward needs its own forward pass first"
+            )
+        object.__setattr__(self, "_cache", None)
+        return cache
+
+    # ------------------------------------------------------------------ traversal
+    def children(self):
+        return iter(self._modules.values())
+
+    def named_modules(self, prefix=""):
+        yield prefix, self
+        for name, child in self._modules.items():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def modules(self):
+        for _, m in self.named_modules():
+            yield m
+
+    def named_parameters(self, prefix=""):
+        for name, p in self._parameters.items():
+            yield (f"{prefix}.{name}" if prefix else name), p
+        for name, child in self._modules.items():
+            yield from child.named_parameters(f"{prefix}.{name}" if prefix else name)
+
+    def parameters(self):
+        for _, p in self.named_parameters():
+            yield p
+
+    def named_buffers(self, prefix=""):
+        for name, b in self._buffers.items():
+            yield (f"{prefix}.{name}" if prefix else name), b
+        for name, child in self._modules.items():
+            yield from child.named_buffers(f"{prefix}.{name}" if prefix else name)
+
+    # ------------------------------------------------------------------ state
+    def zero_grad(self):
+        """Reset every parameter's gradient to ``None`` (PyTorch's ``set_to_none=True``)."""
+        for p in self.parameters():
+            p.grad = None
+
+    def requires_grad_(self, flag=True):
+        """Turn gradient computation for all parameters on or off; returns ``self``."""
+        for p in self.parameters():
+            p.requires_grad = flag
+        return self
+
+    def train(self, mode=True):
+        for m in self.modules():
+            object.__setattr__(m, "training", mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def to(self, device=None, dtype=None):
+        """Move (and/or cast) every parameter and floating buffer; integer buffers keep their dtype."""
+        if device is not None:
+            backend.check_device(device)
+        for m in self.modules():
+            for p in m._parameters.values():
+                p.data = _convert(p.data, device, dtype)
+                p.grad = None if p.grad is None else _convert(p.grad, device, dtype)
+            for name, b in m._buffers.items():
+                floating = np.issubdtype(b.dtype, np.floating)
+                m._buffers[name] = _convert(b, device, dtype if floating else None)
+            m._on_moved()
+        return self
+
+    def _on_moved(self):
+        """Hook for modules that hold arrays outside parameters/buffers (called by :meth:`to`)."""
+
+    def state_dict(self):
+        """A flat ``{name: array}`` dict of parameters then buffers, with PyTorch's names."""
+        out = OrderedDict()
+        for name, p in self.named_parameters():
+            out[name] = p.data
+        for name, b in self.named_buffers():
+            out[name] = b
+        return out
+
+    def load_state_dict(self, state, strict=True):
+        """Copy arrays (NumPy or CuPy, any device) into this module's parameters and buffers.
+
+        Shapes must match exactly. With ``strict`` the key sets must match too (PyTorch's
+        extra ``num_batches_tracked`` and ``*_orig`` names included).
+        """
+        own = self.state_dict()
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in own]
+        if strict and (missing or unexpected):
+            raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
+        params = dict(self.named_parameters())
+        owners = {}
+        for prefix, m in self.named_modules():
+            for name in m._buffers:
+                owners[f"{prefix}.{name}" if prefix else name] = (m, name)
+        for key, target in own.items():
+            if key not in state:
+                continue
+            value = state[key]
+            if tuple(value.shape) != tuple(target.shape):
+                raise ValueError(f"load_state_dict: {key} has shape {tuple(value.shape)}, expected {tuple(target.shape)}")
+            converted = backend.to_device(value, backend.device_of(target), target.dtype).copy()
+            if key in params:
+                params[key].data = converted
+            else:
+                m, name = owners[key]
+                m._buffers[name] = converted
+        for m in self.modules():
+            m._on_moved()
+
+    # ------------------------------------------------------------------ display
+    def extra_repr(self):
+        return ""
+
+    def __repr__(self):
+        lines = [f"{type(self).__name__}({self.extra_repr()}"]
+        for name, child in self._modules.items():
+            child_repr = repr(child).replace("\n", "\n  ")
+            lines.append(f"  ({name}): {child_repr}")
+        return lines[0] + ")" if len(lines) == 1 else "\n".join(lines) + "\n)"
+
+
+def _convert(array, device, dtype):
+    return backend.to_device(array, device if device is not None else backend.device_of(array), dtype)
+
+
+class Sequential(Module):
+    """Modules applied in order; backward runs them in reverse. Children are named "0", "1", ..."""
+
+    def __init__(self, *layers):
+        super().__init__()
+        for i, layer in enumerate(layers):
+            setattr(self, str(i), layer)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __getitem__(self, i):
+        return list(self._modules.values())[i]
+
+    def forward(self, x):
+        for layer in self._modules.values():
+            x = layer(x)
+        return x
+
+    def backward(self, grad_out):
+        for layer in reversed(self._modules.values()):
+            grad_out = layer.backward(grad_out)
+        return grad_out
