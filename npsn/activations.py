@@ -1,0 +1,73 @@
+"""Elementwise activations. Each keeps its output (or a mask) for backward; shapes are unchanged."""
+from .backend import get_array_module
+from .module import Module
+
+
+class ReLU(Module):
+    """y = max(x, 0).  dL/dx = dL/dy * [x > 0]  (subgradient 0 at x = 0, as PyTorch)."""
+
+    def forward(self, x):
+        xp = get_array_module(x)
+        y = xp.maximum(x, 0)
+        self.save_for_backward(y=y)
+        return y
+
+    def backward(self, grad_out):
+        y = self.saved().y
+        # dL/dx = G * [y > 0]   (y > 0 exactly where x > 0)
+        return grad_out * (y > 0)
+
+
+class LeakyReLU(Module):
+    """y = x if x > 0 else slope * x.  dL/dx = dL/dy * (1 if x > 0 else slope)."""
+
+    def __init__(self, negative_slope=0.01):
+        super().__init__()
+        self.negative_slope = negative_slope
+
+    def forward(self, x):
+        xp = get_array_module(x)
+        positive = x > 0
+        self.save_for_backward(positive=positive)
+        return xp.where(positive, x, x * self.negative_slope)
+
+    def backward(self, grad_out):
+        xp = get_array_module(grad_out)
+        positive = self.saved().positive
+        # dL/dx = G * (1 if x > 0 else slope)
+        return xp.where(positive, grad_out, grad_out * self.negative_slope)
+
+    def extra_repr(self):
+        return f"negative_slope={self.negative_slope}"
+
+
+class Tanh(Module):
+    """y = tanh(x).  dL/dx = dL/dy * (1 - y^2)."""
+
+    def forward(self, x):
+        xp = get_array_module(x)
+        y = xp.tanh(x)
+        self.save_for_backward(y=y)
+        return y
+
+    def backward(self, grad_out):
+        y = self.saved().y
+        # d tanh(x)/dx = 1 - tanh(x)^2
+        return grad_out * (1 - y * y)
+
+
+class Sigmoid(Module):
+    """y = 1 / (1 + exp(-x)), computed without overflow.  dL/dx = dL/dy * y (1 - y)."""
+
+    def forward(self, x):
+        xp = get_array_module(x)
+        # exp(-|x|) <= 1 never overflows; sigma(x) = 1/(1+e) for x >= 0 and e/(1+e) for x < 0.
+        e = xp.exp(-xp.abs(x))
+        y = xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
+        self.save_for_backward(y=y)
+        return y
+
+    def backward(self, grad_out):
+        y = self.saved().y
+        # d sigma(x)/dx = sigma(x) (1 - sigma(x))
+        return grad_out * y * (1 - y)

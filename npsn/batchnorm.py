@@ -1,0 +1,121 @@
+"""Batch normalization (Ioffe & Szegedy, 2015) with PyTorch's running statistics."""
+import numpy as np
+
+from .backend import get_array_module
+from .module import Module, Parameter
+
+
+class _BatchNorm(Module):
+    """Normalize each channel over all other axes, then scale and shift.
+
+    Channels are the **last** axis: BatchNorm1d takes (N, C); BatchNorm2d takes channels-last
+    (N, H, W, C) (the same computation as PyTorch's on NCHW). Let M be the number of values
+    per channel (N, or N H W).
+
+    Training mode uses the batch statistics and updates the running ones as PyTorch does:
+
+    .. math::
+        \\mu = \\tfrac1M \\textstyle\\sum x, \\quad \\sigma^2 = \\tfrac1M \\sum (x-\\mu)^2, \\quad
+        \\hat x = (x-\\mu)/\\sqrt{\\sigma^2+\\epsilon}, \\quad y = \\gamma \\hat x + \\beta,
+
+        \\text{running\\_mean} \\leftarrow (1-m)\\,\\text{running\\_mean} + m\\,\\mu, \\quad
+        \\text{running\\_var} \\leftarrow (1-m)\\,\\text{running\\_var} + m\\,\\tfrac{M}{M-1}\\sigma^2
+
+    (the running variance is the *unbiased* one, the normalization uses the biased one).
+    Eval mode normalizes with the running statistics instead, a fixed affine map.
+
+    Backward, with G = dL/dy, in training mode (mu and sigma depend on x):
+
+    .. math::
+        \\frac{\\partial L}{\\partial \\gamma} = \\textstyle\\sum G \\hat x, \\quad
+        \\frac{\\partial L}{\\partial \\beta} = \\sum G, \\quad
+        \\frac{\\partial L}{\\partial x} = \\frac{\\gamma}{M\\sqrt{\\sigma^2+\\epsilon}}
+            \\Big(M G - \\sum G - \\hat x \\sum G \\hat x\\Big),
+
+    and in eval mode simply dL/dx = G gamma / sqrt(running_var + eps).
+
+    Parameters and buffers (PyTorch's names): ``weight`` (gamma, ones), ``bias`` (beta, zeros),
+    ``running_mean`` (zeros), ``running_var`` (ones), ``num_batches_tracked`` (int64 scalar).
+    """
+
+    expected_ndim = None
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True):
+        super().__init__()
+        self.num_features, self.eps, self.momentum, self.affine = num_features, eps, momentum, affine
+        if affine:
+            self.weight = Parameter(np.ones(num_features, dtype=np.float32))
+            self.bias = Parameter(np.zeros(num_features, dtype=np.float32))
+        else:
+            object.__setattr__(self, "weight", None)
+            object.__setattr__(self, "bias", None)
+        self.register_buffer("running_mean", np.zeros(num_features, dtype=np.float32))
+        self.register_buffer("running_var", np.ones(num_features, dtype=np.float32))
+        self.register_buffer("num_batches_tracked", np.zeros((), dtype=np.int64))
+
+    def forward(self, x):
+        if x.ndim != self.expected_ndim or x.shape[-1] != self.num_features:
+            raise ValueError(f"{type(self).__name__}({self.num_features}) expects {self.expected_ndim}-D input "
+                             f"with {self.num_features} channels last, got shape {tuple(x.shape)}")
+        xp = get_array_module(x)
+        axes = tuple(range(x.ndim - 1))
+        if self.training:
+            count = x.size // x.shape[-1]
+            mean = x.mean(axis=axes)
+            centered = x - mean
+            var = (centered * centered).mean(axis=axes)
+            # running <- (1 - m) running + m batch_stat, with the unbiased variance M/(M-1) var
+            m = self.momentum
+            self.running_mean = (1 - m) * self.running_mean + m * mean.astype(self.running_mean.dtype)
+            unbiased = var * (count / max(count - 1, 1))
+            self.running_var = (1 - m) * self.running_var + m * unbiased.astype(self.running_var.dtype)
+            self.num_batches_tracked = self.num_batches_tracked + 1
+        else:
+            centered = x - self.running_mean.astype(x.dtype)
+            var = self.running_var.astype(x.dtype)
+        # x_hat = (x - mu) / sqrt(var + eps)
+        inv_std = 1 / xp.sqrt(var + self.eps)
+        x_hat = centered * inv_std
+        self.save_for_backward(x_hat=x_hat, inv_std=inv_std, used_batch_stats=self.training)
+        if not self.affine:
+            return x_hat
+        # y = gamma x_hat + beta
+        return x_hat * self.weight.data + self.bias.data
+
+    def backward(self, grad_out):
+        saved = self.saved()
+        x_hat, inv_std = saved.x_hat, saved.inv_std
+        axes = tuple(range(grad_out.ndim - 1))
+        sum_g = grad_out.sum(axis=axes)
+        sum_g_xhat = (grad_out * x_hat).sum(axis=axes)
+        if self.affine:
+            if self.weight.requires_grad:
+                # dL/dgamma = sum G x_hat
+                self.weight.accumulate_grad(sum_g_xhat)
+            if self.bias.requires_grad:
+                # dL/dbeta = sum G
+                self.bias.accumulate_grad(sum_g)
+            scale = self.weight.data * inv_std
+        else:
+            scale = inv_std
+        if not saved.used_batch_stats:
+            # eval: y is affine in x, dL/dx = G gamma / sqrt(running_var + eps)
+            return grad_out * scale
+        count = grad_out.size // grad_out.shape[-1]
+        # dL/dx = gamma inv_std / M * (M G - sum G - x_hat sum(G x_hat))
+        return (scale / count) * (count * grad_out - sum_g - x_hat * sum_g_xhat)
+
+    def extra_repr(self):
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}"
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch normalization of (N, C) features. See :class:`_BatchNorm` for the math."""
+
+    expected_ndim = 2
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch normalization of channels-last images (N, H, W, C), per channel. See :class:`_BatchNorm`."""
+
+    expected_ndim = 4
