@@ -4,7 +4,8 @@ Every loss takes logits ``d`` of shape ``(N,)`` or ``(N, 1)`` (raw discriminator
 sigmoid applied), averages over the batch, and returns
 
 * the loss as a 0-d array of the logits' array module and dtype (no transfer to the host;
-  log it with :func:`npsn.backend.to_float`);
+  log it with :func:`npsn.backend.to_float`). NumPy's ``.mean()`` returns a NumPy scalar,
+  so each loss ends with ``xp.asarray(loss)`` to make it a 0-d array on both devices;
 * dL/dd for each logits argument, with that argument's shape and dtype -- the ``grad_out``
   that starts the discriminator's backward pass.
 

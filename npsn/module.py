@@ -164,8 +164,10 @@ class Module:
         return self
 
     def train(self, mode=True):
-        for m in self.modules():
-            object.__setattr__(m, "training", mode)
+        """Set training mode (``mode=True``) or eval mode on this module and, recursively, its children."""
+        object.__setattr__(self, "training", mode)
+        for child in self.children():
+            child.train(mode)
         return self
 
     def eval(self):

@@ -1,0 +1,309 @@
+"""Optimizers over a list of :class:`~npsn.module.Parameter` s, with PyTorch's update rules.
+
+:class:`Adam` and :class:`SGD` reproduce ``torch.optim.Adam`` (without ``amsgrad``) and
+``torch.optim.SGD`` step for step:
+
+* ``step()`` updates each parameter's ``.data`` in place from its ``.grad``; a parameter
+  whose ``.grad`` is ``None`` is skipped and its state (e.g. Adam's step count) does not
+  advance;
+* ``zero_grad()`` sets every ``.grad`` to ``None`` (PyTorch's ``set_to_none=True``);
+* ``lr`` is a plain attribute a trainer may change between steps (e.g. linear decay);
+* ``state_dict()`` is a *flat* ``{str: array or Python scalar}`` dict, so a checkpoint can
+  write it with ``np.savez``; ``load_state_dict()`` restores hyperparameters and per-parameter
+  state so that training resumes exactly. Per-parameter keys are ``"state.{i}.{name}"``, with
+  ``i`` the parameter's index in the list given to the constructor and PyTorch's names
+  (``step``, ``exp_avg``, ``exp_avg_sq``, ``momentum_buffer``).
+
+Unlike PyTorch, ``state_dict()`` returns *copies* of the state arrays: a snapshot that later
+steps do not change.
+"""
+import math
+
+from . import backend
+from .backend import get_array_module
+from .module import Parameter
+
+
+class Optimizer:
+    """Shared machinery: the parameter list, ``lr``, ``zero_grad``, ``step`` and the flat state dict.
+
+    Subclasses set
+        HYPERPARAMETERS: ``{name: type}`` of the attributes saved in the state dict;
+        STATE_SCALARS: ``{name: type}`` of per-parameter Python scalars (e.g. ``step``);
+        STATE_ARRAYS: names of per-parameter arrays shaped like the parameter;
+    and implement ``_check_hyperparameters()`` and ``_update(param, state)``.
+    """
+
+    HYPERPARAMETERS = {"lr": float}
+    STATE_SCALARS = {}
+    STATE_ARRAYS = ()
+
+    def __init__(self, params, lr):
+        self.params = list(params)
+        if not self.params:
+            raise ValueError("optimizer got an empty parameter list")
+        for i, p in enumerate(self.params):
+            if not isinstance(p, Parameter):
+                raise TypeError(f"optimizer parameter {i} is a {type(p).__name__}, expected npsn.module.Parameter")
+        self.lr = lr
+        # state[i]: dict of parameter i's state; empty until its first step.
+        self.state = [{} for _ in self.params]
+
+    @property
+    def lr(self):
+        """The learning rate used by the next :meth:`step` (a Python float, >= 0)."""
+        return self._lr
+
+    @lr.setter
+    def lr(self, value):
+        value = float(value)
+        if not value >= 0.0:
+            raise ValueError(f"invalid learning rate {value}: must be >= 0")
+        self._lr = value
+
+    def zero_grad(self):
+        """Set every parameter's ``.grad`` to ``None``."""
+        for p in self.params:
+            p.grad = None
+
+    def step(self):
+        """Update, in place, every parameter that has a gradient; skip those whose ``.grad`` is None."""
+        for p, state in zip(self.params, self.state):
+            if p.grad is not None:
+                self._update(p, state)
+
+    def _update(self, p, state):
+        raise NotImplementedError
+
+    def _check_hyperparameters(self):
+        """Raise ValueError for an invalid hyperparameter value (subclasses check theirs)."""
+
+    # ------------------------------------------------------------------ state dict
+    def state_dict(self):
+        """A flat dict: hyperparameters, then ``"state.{i}.{name}"`` for each parameter stepped so far.
+
+        Arrays are copies on the parameters' device; scalars are Python ``float``/``int``/``bool``.
+        """
+        out = {name: getattr(self, name) for name in self.HYPERPARAMETERS}
+        for i, state in enumerate(self.state):
+            for name, value in state.items():
+                out[f"state.{i}.{name}"] = value.copy() if name in self.STATE_ARRAYS else value
+        return out
+
+    def load_state_dict(self, state_dict):
+        """Restore hyperparameters and per-parameter state from a dict made by :meth:`state_dict`.
+
+        Values may be Python scalars, NumPy arrays (e.g. read back with ``np.load``) or CuPy
+        arrays; each state array is copied to its parameter's device and dtype. Everything is
+        checked before anything is changed: a missing or unknown key raises KeyError, a state
+        array of the wrong shape or an invalid hyperparameter raises ValueError. Parameters
+        with no entry in ``state_dict`` start afresh, as if never stepped.
+        """
+        missing = [name for name in self.HYPERPARAMETERS if name not in state_dict]
+        if missing:
+            raise KeyError(f"{type(self).__name__}.load_state_dict: missing keys {missing}")
+        per_param = [{} for _ in self.params]
+        for key, value in state_dict.items():
+            if key in self.HYPERPARAMETERS:
+                continue
+            index, name = _parse_state_key(key, len(self.params), self.STATE_SCALARS, self.STATE_ARRAYS)
+            if index is None:
+                raise KeyError(f"{type(self).__name__}.load_state_dict: unexpected key {key!r}")
+            per_param[index][name] = value
+
+        new_state = []
+        for i, (p, entries) in enumerate(zip(self.params, per_param)):
+            new_state.append(self._converted_state(i, p, entries))
+
+        old_hyperparameters = {name: getattr(self, name) for name in self.HYPERPARAMETERS}
+        try:
+            for name, cast in self.HYPERPARAMETERS.items():
+                setattr(self, name, cast(_host_scalar(state_dict[name])))
+            self._check_hyperparameters()
+        except ValueError:
+            for name, value in old_hyperparameters.items():
+                setattr(self, name, value)
+            raise
+        self.state = new_state
+
+    def _converted_state(self, i, p, entries):
+        """Parameter ``i``'s state from its state-dict entries: scalars cast, arrays copied onto ``p``'s device/dtype."""
+        if not entries:
+            return {}
+        expected = set(self.STATE_SCALARS) | set(self.STATE_ARRAYS)
+        if set(entries) != expected:
+            missing = sorted(f"state.{i}.{name}" for name in expected - set(entries))
+            raise KeyError(f"{type(self).__name__}.load_state_dict: missing keys {missing}")
+        state = {}
+        for name, cast in self.STATE_SCALARS.items():
+            state[name] = cast(_host_scalar(entries[name]))
+        for name in self.STATE_ARRAYS:
+            value = entries[name]
+            if tuple(value.shape) != tuple(p.data.shape):
+                raise ValueError(
+                    f"{type(self).__name__}.load_state_dict: state.{i}.{name} has shape "
+                    f"{tuple(value.shape)}, expected {tuple(p.data.shape)}"
+                )
+            state[name] = backend.to_device(value, backend.device_of(p.data), p.data.dtype).copy()
+        return state
+
+    def __repr__(self):
+        settings = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.HYPERPARAMETERS)
+        return f"{type(self).__name__}({settings}, params={len(self.params)})"
+
+
+def _parse_state_key(key, num_params, scalar_names, array_names):
+    """``(i, name)`` for a key ``"state.{i}.{name}"`` naming known state of an existing parameter, else ``(None, None)``."""
+    parts = key.split(".") if isinstance(key, str) else []
+    if len(parts) != 3 or parts[0] != "state" or not parts[1].isdigit():
+        return None, None
+    index, name = int(parts[1]), parts[2]
+    if index >= num_params or (name not in scalar_names and name not in array_names):
+        return None, None
+    return index, name
+
+
+def _host_scalar(value):
+    """A Python scalar from a Python scalar or a 0-d NumPy/CuPy array (an explicit host transfer)."""
+    return backend.to_numpy(value).item()
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba 2015, Algorithm 1) exactly as ``torch.optim.Adam`` with ``amsgrad=False``.
+
+    Args:
+        params: iterable of :class:`Parameter` (e.g. ``model.parameters()``).
+        lr: step size alpha.
+        betas: (beta1, beta2), decay rates of the first and second moment estimates, in [0, 1).
+            SN-GAN (Miyato et al. 2018) uses e.g. lr=2e-4, betas=(0.0, 0.9) or (0.5, 0.999).
+        eps: added to the denominator for numerical stability.
+        weight_decay: L2 penalty coefficient, added to the gradient (PyTorch's Adam, not AdamW).
+
+    For each parameter p with gradient g, at its own step t = 1, 2, ...:
+
+    .. math::
+        g &\\leftarrow g + \\lambda p \\\\
+        m_t &= \\beta_1 m_{t-1} + (1 - \\beta_1) g \\\\
+        v_t &= \\beta_2 v_{t-1} + (1 - \\beta_2) g^2 \\\\
+        p &\\leftarrow p - \\frac{\\alpha}{1 - \\beta_1^t} \\cdot
+            \\frac{m_t}{\\sqrt{v_t} / \\sqrt{1 - \\beta_2^t} + \\epsilon}
+
+    with m_0 = v_0 = 0. Dividing by the bias corrections 1 - beta^t undoes the pull of the
+    zero initialization towards 0; eps is added *after* the bias correction of sqrt(v_t), as
+    PyTorch does (Kingma & Ba add it to sqrt(v_hat) too: the same thing).
+    """
+
+    HYPERPARAMETERS = {"lr": float, "beta1": float, "beta2": float, "eps": float, "weight_decay": float}
+    STATE_SCALARS = {"step": int}
+    STATE_ARRAYS = ("exp_avg", "exp_avg_sq")
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        super().__init__(params, lr)
+        self.beta1, self.beta2 = float(betas[0]), float(betas[1])
+        self.eps = float(eps)
+        self.weight_decay = float(weight_decay)
+        self._check_hyperparameters()
+
+    @property
+    def betas(self):
+        """``(beta1, beta2)``."""
+        return (self.beta1, self.beta2)
+
+    def _check_hyperparameters(self):
+        for name in ("beta1", "beta2"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"invalid {name} {value}: must be in [0, 1)")
+        if not self.eps >= 0.0:
+            raise ValueError(f"invalid eps {self.eps}: must be >= 0")
+        if not self.weight_decay >= 0.0:
+            raise ValueError(f"invalid weight_decay {self.weight_decay}: must be >= 0")
+
+    def _update(self, p, state):
+        xp = get_array_module(p.data)
+        if not state:
+            state["step"] = 0
+            state["exp_avg"] = xp.zeros_like(p.data)
+            state["exp_avg_sq"] = xp.zeros_like(p.data)
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        # g = grad + lambda * p   (a new array: p.grad itself is never modified)
+        g = p.grad if self.weight_decay == 0 else p.grad + self.weight_decay * p.data
+        state["step"] += 1
+        t = state["step"]
+        # m_t = beta1 * m_{t-1} + (1 - beta1) * g
+        m *= self.beta1
+        m += (1 - self.beta1) * g
+        # v_t = beta2 * v_{t-1} + (1 - beta2) * g^2
+        v *= self.beta2
+        v += (1 - self.beta2) * (g * g)
+        bias_correction1 = 1 - self.beta1**t
+        bias_correction2 = 1 - self.beta2**t
+        # denom = sqrt(v_t) / sqrt(1 - beta2^t) + eps
+        denom = xp.sqrt(v)
+        denom /= math.sqrt(bias_correction2)
+        denom += self.eps
+        # p <- p - (lr / (1 - beta1^t)) * m_t / denom   (the quotient overwrites denom)
+        update = xp.divide(m, denom, out=denom)
+        update *= self.lr / bias_correction1
+        p.data -= update
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with optional (Nesterov) momentum, as ``torch.optim.SGD``.
+
+    Args:
+        params: iterable of :class:`Parameter`.
+        lr: learning rate.
+        momentum: momentum factor mu (0 disables the momentum buffer).
+        dampening: dampening tau of the gradient added to the buffer.
+        nesterov: use Nesterov momentum (needs momentum > 0 and dampening = 0).
+        weight_decay: L2 penalty coefficient lambda, added to the gradient.
+
+    For each parameter p with gradient g:
+
+    .. math::
+        g &\\leftarrow g + \\lambda p \\\\
+        b_1 &= g, \\qquad b_t = \\mu b_{t-1} + (1 - \\tau) g \\quad (t > 1) \\\\
+        g &\\leftarrow g + \\mu b_t \\ \\text{(Nesterov)} \\quad\\text{or}\\quad g \\leftarrow b_t \\\\
+        p &\\leftarrow p - \\text{lr} \\cdot g
+
+    (the momentum steps only when momentum > 0). As in PyTorch the first buffer is the
+    gradient itself, undampened, and lr multiplies the buffer (Sutskever et al. 2013 fold it
+    into the buffer instead; the two agree while lr is constant).
+    """
+
+    HYPERPARAMETERS = {"lr": float, "momentum": float, "dampening": float, "nesterov": bool, "weight_decay": float}
+    STATE_ARRAYS = ("momentum_buffer",)
+
+    def __init__(self, params, lr, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0):
+        super().__init__(params, lr)
+        self.momentum = float(momentum)
+        self.dampening = float(dampening)
+        self.nesterov = bool(nesterov)
+        self.weight_decay = float(weight_decay)
+        self._check_hyperparameters()
+
+    def _check_hyperparameters(self):
+        if not self.momentum >= 0.0:
+            raise ValueError(f"invalid momentum {self.momentum}: must be >= 0")
+        if not self.weight_decay >= 0.0:
+            raise ValueError(f"invalid weight_decay {self.weight_decay}: must be >= 0")
+        if self.nesterov and (self.momentum <= 0.0 or self.dampening != 0.0):
+            raise ValueError("Nesterov momentum requires momentum > 0 and dampening = 0")
+
+    def _update(self, p, state):
+        # g = grad + lambda * p   (a new array: p.grad itself is never modified)
+        g = p.grad if self.weight_decay == 0 else p.grad + self.weight_decay * p.data
+        if self.momentum != 0:
+            buf = state.get("momentum_buffer")
+            if buf is None:
+                # b_1 = g   (a copy, so the buffer never aliases p.grad)
+                buf = state["momentum_buffer"] = g.copy()
+            else:
+                # b_t = mu * b_{t-1} + (1 - tau) * g
+                buf *= self.momentum
+                buf += (1 - self.dampening) * g
+            # Nesterov: g = g + mu * b_t ; classical: g = b_t
+            g = g + self.momentum * buf if self.nesterov else buf
+        # p <- p - lr * g
+        p.data -= self.lr * g
