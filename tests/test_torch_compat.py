@@ -1,0 +1,314 @@
+"""npsn's layers against PyTorch's: same state_dict names, same outputs, same gradients, same buffers.
+
+PyTorch is only a test oracle here (npsn never imports it); the whole module is skipped where
+torch is not installed (e.g. CI). Every comparison is float64: a torch layer in double is built,
+its ``state_dict`` is loaded *strictly* into the npsn layer (which checks npsn's parameter and
+buffer names), the same input and the same upstream gradient go through both, and outputs, input
+gradients, parameter gradients and buffers must agree to ``TOLERANCE`` (relative to the largest
+entry of torch's array).
+
+Layouts: torch takes NCHW images, npsn channels-last NHWC; images are transposed at the boundary.
+"""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import npsn  # noqa: E402
+
+TOLERANCE = 1e-10
+
+# The largest relative error seen per layer, over all of that layer's comparisons (for reports:
+# run pytest in-process and read test_torch_compat.MAX_REL_ERR).
+MAX_REL_ERR = {}
+
+
+# ---------------------------------------------------------------------------------- helpers
+def relative_error(ours, theirs):
+    """max |ours - theirs| / max |theirs| (the plain max |difference| when theirs is all zero)."""
+    ours, theirs = np.asarray(ours, dtype=np.float64), np.asarray(theirs, dtype=np.float64)
+    scale = np.max(np.abs(theirs))
+    diff = np.max(np.abs(ours - theirs))
+    return diff / scale if scale > 0 else diff
+
+
+def assert_close(layer_name, what, ours, theirs):
+    """Assert equal shapes and relative_error < TOLERANCE; record the error under layer_name."""
+    assert tuple(np.shape(ours)) == tuple(np.shape(theirs)), (
+        f"{layer_name}: {what} shape {np.shape(ours)} vs {np.shape(theirs)}")
+    err = relative_error(ours, theirs)
+    MAX_REL_ERR[layer_name] = max(MAX_REL_ERR.get(layer_name, 0.0), err)
+    assert err < TOLERANCE, f"{layer_name}: {what} differs from torch, relative error {err:.3e}"
+
+
+def to_npsn_layout(array):
+    """NCHW -> NHWC for images; other arrays unchanged."""
+    return array.transpose(0, 2, 3, 1) if array.ndim == 4 else array
+
+
+def to_torch_layout(array):
+    """NHWC -> NCHW for images; other arrays unchanged."""
+    return array.transpose(0, 3, 1, 2) if array.ndim == 4 else array
+
+
+def torch_state_as_numpy(torch_layer):
+    """The torch layer's state_dict as NumPy arrays (copies)."""
+    return {k: v.detach().numpy().copy() for k, v in torch_layer.state_dict().items()}
+
+
+def load_torch_state(ours, theirs):
+    """Cast npsn layer to float64 and load the torch layer's state_dict into it, strictly."""
+    ours.to(dtype=np.float64)
+    ours.load_state_dict(torch_state_as_numpy(theirs), strict=True)
+    assert set(ours.state_dict()) == set(theirs.state_dict())
+    return ours
+
+
+def compare_step(layer_name, ours, theirs, x, rng):
+    """One forward and backward through both layers; compare output, input gradient and parameter gradients.
+
+    Args:
+        x: the input in torch's layout (NumPy float64); npsn gets it channels-last.
+    Parameter gradients are zeroed first in both, so each step compares one backward's gradients.
+    """
+    ours.zero_grad()
+    theirs.zero_grad()
+    x_torch = torch.from_numpy(x.copy()).requires_grad_(True)
+    y_torch = theirs(x_torch)
+    grad_out = rng.standard_normal(tuple(y_torch.shape))
+    y_torch.backward(torch.from_numpy(grad_out))
+
+    y = ours(to_npsn_layout(x).copy())
+    assert_close(layer_name, "output", to_torch_layout(y), y_torch.detach().numpy())
+    grad_x = ours.backward(to_npsn_layout(grad_out).copy())
+    assert_close(layer_name, "input gradient", to_torch_layout(grad_x), x_torch.grad.numpy())
+
+    our_params = dict(ours.named_parameters())
+    their_params = dict(theirs.named_parameters())
+    assert set(our_params) == set(their_params)
+    for name, param in our_params.items():
+        assert param.grad is not None, f"{layer_name}: npsn computed no gradient for {name}"
+        assert_close(layer_name, f"{name}.grad", param.grad, their_params[name].grad.numpy())
+
+
+def compare_buffers(layer_name, ours, theirs):
+    """Every buffer (running stats, num_batches_tracked, weight_u, weight_v) equal to torch's."""
+    our_buffers = dict(ours.named_buffers())
+    their_buffers = {k: v.detach().numpy() for k, v in theirs.named_buffers()}
+    assert set(our_buffers) == set(their_buffers)
+    for name, theirs_value in their_buffers.items():
+        ours_value = np.asarray(our_buffers[name])
+        if np.issubdtype(theirs_value.dtype, np.integer):
+            assert ours_value.dtype == theirs_value.dtype, f"{layer_name}: {name} dtype"
+            assert ours_value.shape == theirs_value.shape and ours_value == theirs_value, f"{layer_name}: {name}"
+        else:
+            assert_close(layer_name, name, ours_value, theirs_value)
+
+
+def copy_buffers(module):
+    return {k: np.array(v, copy=True) for k, v in module.named_buffers()}
+
+
+# ---------------------------------------------------------------------------------- layer table
+# name -> (torch builder, npsn builder, input shape in torch's layout). Builders take nothing;
+# torch layers are seeded by torch.manual_seed in each test.
+def _torch_linear():
+    return torch.nn.Linear(7, 5).double()
+
+
+def _torch_conv_k3():
+    return torch.nn.Conv2d(3, 4, 3, 1, 1).double()
+
+
+def _torch_conv_k4():
+    return torch.nn.Conv2d(3, 4, 4, 2, 1).double()
+
+
+def _torch_conv_t_k4():
+    return torch.nn.ConvTranspose2d(3, 4, 4, 2, 1).double()
+
+
+PLAIN_LAYERS = {
+    "Linear": (_torch_linear, lambda: npsn.Linear(7, 5), (6, 7)),
+    "Conv2d(k3,s1,p1)": (_torch_conv_k3, lambda: npsn.Conv2d(3, 4, 3, 1, 1), (2, 3, 6, 5)),
+    "Conv2d(k4,s2,p1)": (_torch_conv_k4, lambda: npsn.Conv2d(3, 4, 4, 2, 1), (2, 3, 8, 6)),
+    "ConvTranspose2d(k4,s2,p1)": (_torch_conv_t_k4, lambda: npsn.ConvTranspose2d(3, 4, 4, 2, 1), (2, 3, 4, 5)),
+}
+
+SN_LAYERS = {
+    "SN(Linear)": (lambda: torch.nn.utils.spectral_norm(_torch_linear()),
+                   lambda: npsn.SpectralNorm(npsn.Linear(7, 5)), (6, 7)),
+    "SN(Conv2d(k3,s1,p1))": (lambda: torch.nn.utils.spectral_norm(_torch_conv_k3()),
+                             lambda: npsn.SpectralNorm(npsn.Conv2d(3, 4, 3, 1, 1)), (2, 3, 6, 5)),
+    "SN(Conv2d(k4,s2,p1))": (lambda: torch.nn.utils.spectral_norm(_torch_conv_k4()),
+                             lambda: npsn.SpectralNorm(npsn.Conv2d(3, 4, 4, 2, 1)), (2, 3, 8, 6)),
+    "SN(ConvTranspose2d(k4,s2,p1))": (lambda: torch.nn.utils.spectral_norm(_torch_conv_t_k4()),
+                                      lambda: npsn.SpectralNorm(npsn.ConvTranspose2d(3, 4, 4, 2, 1)), (2, 3, 4, 5)),
+}
+
+BN_LAYERS = {
+    "BatchNorm1d": (lambda: torch.nn.BatchNorm1d(5).double(), lambda: npsn.BatchNorm1d(5), (8, 5)),
+    "BatchNorm2d": (lambda: torch.nn.BatchNorm2d(3).double(), lambda: npsn.BatchNorm2d(3), (4, 3, 5, 6)),
+}
+
+ALL_LAYERS = {**PLAIN_LAYERS, **SN_LAYERS, **BN_LAYERS}
+
+
+# ---------------------------------------------------------------------------------- forward / backward
+@pytest.mark.parametrize("name", list(PLAIN_LAYERS))
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_plain_layer_matches_torch(name, training):
+    torch_build, npsn_build, input_shape = PLAIN_LAYERS[name]
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    theirs = torch_build().train(training)
+    ours = load_torch_state(npsn_build(), theirs).train(training)
+    compare_step(name, ours, theirs, rng.standard_normal(input_shape), rng)
+
+
+@pytest.mark.parametrize("name", list(BN_LAYERS))
+def test_batchnorm_matches_torch(name):
+    """Three training steps (running statistics and num_batches_tracked compared after each), then eval."""
+    torch_build, npsn_build, input_shape = BN_LAYERS[name]
+    torch.manual_seed(1)
+    rng = np.random.default_rng(1)
+    theirs = torch_build()
+    with torch.no_grad():  # a non-trivial affine map
+        theirs.weight.uniform_(0.5, 1.5)
+        theirs.bias.normal_()
+    ours = load_torch_state(npsn_build(), theirs)
+    for _ in range(3):
+        x = 3.0 * rng.standard_normal(input_shape) + 1.5
+        compare_step(name, ours, theirs, x, rng)
+        compare_buffers(name, ours, theirs)
+    assert int(ours.num_batches_tracked) == 3
+    theirs.eval()
+    ours.eval()
+    before = copy_buffers(ours)
+    compare_step(name, ours, theirs, 3.0 * rng.standard_normal(input_shape) + 1.5, rng)
+    compare_buffers(name, ours, theirs)
+    for key, value in copy_buffers(ours).items():
+        np.testing.assert_array_equal(value, before[key], err_msg=f"{name}: eval changed {key}")
+
+
+@pytest.mark.parametrize("name", list(SN_LAYERS))
+def test_spectral_norm_matches_torch(name):
+    """Training forwards run one power-iteration step from the same u, v in both; eval runs none.
+
+    Between the two training steps both take the same SGD step, so the second power iteration
+    runs on a changed weight. The gradient compared is torch's ``weight_orig.grad`` (Eq. 12).
+    """
+    torch_build, npsn_build, input_shape = SN_LAYERS[name]
+    torch.manual_seed(2)
+    rng = np.random.default_rng(2)
+    theirs = torch_build()
+    ours = load_torch_state(npsn_build(), theirs)
+    for _ in range(2):
+        before = copy_buffers(ours)
+        compare_step(name, ours, theirs, rng.standard_normal(input_shape), rng)
+        compare_buffers(name, ours, theirs)
+        assert not np.array_equal(before["weight_u"], ours.weight_u), f"{name}: training forward did not update u"
+        with torch.no_grad():
+            for p in theirs.parameters():
+                p -= 0.1 * p.grad
+        for p in ours.parameters():
+            p.data = p.data - 0.1 * p.grad
+    theirs.eval()
+    ours.eval()
+    before = copy_buffers(ours)
+    compare_step(name, ours, theirs, rng.standard_normal(input_shape), rng)
+    compare_buffers(name, ours, theirs)
+    for key, value in copy_buffers(ours).items():
+        np.testing.assert_array_equal(value, before[key], err_msg=f"{name}: eval changed {key}")
+
+
+# ---------------------------------------------------------------------------------- state_dict names
+@pytest.mark.parametrize("name", list(ALL_LAYERS))
+def test_state_dict_keys_match_torch(name):
+    torch_build, npsn_build, _ = ALL_LAYERS[name]
+    assert list(sorted(npsn_build().state_dict())) == list(sorted(torch_build().state_dict()))
+
+
+@pytest.mark.parametrize("name", list(ALL_LAYERS))
+def test_npsn_state_dict_loads_into_torch(name):
+    """npsn -> torch: a trained npsn layer's state_dict loads strictly into torch and computes the same."""
+    torch_build, npsn_build, input_shape = ALL_LAYERS[name]
+    torch.manual_seed(3)
+    rng = np.random.default_rng(3)
+    ours = npsn_build().to(dtype=np.float64)
+    ours(to_npsn_layout(2.0 * rng.standard_normal(input_shape) + 0.5))  # moves BN's running stats, SN's u and v
+    theirs = torch_build()
+    theirs.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in ours.state_dict().items()}, strict=True)
+    for key, value in theirs.state_dict().items():
+        np.testing.assert_array_equal(value.numpy(), np.asarray(ours.state_dict()[key]), err_msg=f"{name}: {key}")
+    # and the float32 state_dict of a fresh npsn layer loads into a float32 torch layer
+    fresh = npsn_build()
+    torch_float = torch_build().float()
+    torch_float.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in fresh.state_dict().items()},
+                                strict=True)
+    ours.eval()
+    theirs.eval()
+    x = rng.standard_normal(input_shape)
+    with torch.no_grad():
+        y_torch = theirs(torch.from_numpy(x)).numpy()
+    assert_close(name, "output after npsn -> torch", to_torch_layout(ours(to_npsn_layout(x).copy())), y_torch)
+
+
+# ---------------------------------------------------------------------------------- default initialization
+def _bound_ratio(array, bound):
+    return float(np.max(np.abs(np.asarray(array, dtype=np.float64)))) / bound
+
+
+@pytest.mark.parametrize("kind, make_torch, make_npsn, fan_in", [
+    ("Linear", lambda: torch.nn.Linear(512, 256), lambda: npsn.Linear(512, 256), 512),
+    ("Conv2d", lambda: torch.nn.Conv2d(64, 256, 3), lambda: npsn.Conv2d(64, 256, 3), 64 * 3 * 3),
+    # torch's fan_in of a ConvTranspose2d weight (in, out, k, k) is weight.shape[1] * k * k = out * k * k
+    ("ConvTranspose2d", lambda: torch.nn.ConvTranspose2d(64, 256, 4), lambda: npsn.ConvTranspose2d(64, 256, 4),
+     256 * 4 * 4),
+], ids=["Linear", "Conv2d", "ConvTranspose2d"])
+def test_default_init_bounds_match_torch(kind, make_torch, make_npsn, fan_in):
+    """Weight and bias are U(-1/sqrt(fan_in), 1/sqrt(fan_in)) in both: the largest |entry| reaches
+    [0.95, 1] of the bound and never exceeds it (up to float32 rounding), and the standard deviations
+    agree with bound / sqrt(3).
+
+    With n uniform draws, P(max |w| < r bound) = r^n: for the weights (n > 10^5) even r = 0.999 is
+    reached with certainty, which also catches a bound off by 1 %; the biases (n = 256) use r = 0.95.
+    """
+    torch.manual_seed(4)
+    npsn.manual_seed(4)
+    theirs, ours = make_torch(), make_npsn()
+    bound = 1.0 / np.sqrt(fan_in)
+    float32_slack = 1.0 + 1e-6
+    for param in ("weight", "bias"):
+        their_value = getattr(theirs, param).detach().numpy()
+        our_value = getattr(ours, param).data
+        assert our_value.shape == their_value.shape
+        assert our_value.dtype == their_value.dtype == np.float32
+        lowest_ratio = 0.999 if param == "weight" else 0.95
+        for who, value in (("torch", their_value), ("npsn", our_value)):
+            ratio = _bound_ratio(value, bound)
+            assert lowest_ratio <= ratio <= float32_slack, f"{kind}.{param} ({who}): max|w| / bound = {ratio}"
+        if param == "weight":
+            # the sample std of > 10^5 uniform draws is within ~0.2 % of bound / sqrt(3)
+            our_std, their_std = float(np.std(our_value)), float(np.std(their_value))
+            assert abs(our_std / their_std - 1) < 0.01
+            assert abs(our_std / (bound / np.sqrt(3)) - 1) < 0.01
+
+
+@pytest.mark.parametrize("name", list(BN_LAYERS))
+def test_batchnorm_defaults_match_torch(name):
+    torch_build, npsn_build, _ = BN_LAYERS[name]
+    theirs = torch_build().float()
+    ours = npsn_build()
+    their_state = torch_state_as_numpy(theirs)
+    our_state = ours.state_dict()
+    assert set(our_state) == set(their_state)
+    for key, value in their_state.items():
+        assert np.asarray(our_state[key]).dtype == value.dtype, key
+        np.testing.assert_array_equal(our_state[key], value, err_msg=key)
+    np.testing.assert_array_equal(ours.weight.data, 1.0)
+    np.testing.assert_array_equal(ours.bias.data, 0.0)
+    np.testing.assert_array_equal(ours.running_mean, 0.0)
+    np.testing.assert_array_equal(ours.running_var, 1.0)
+    assert ours.num_batches_tracked.shape == () and int(ours.num_batches_tracked) == 0
+    assert (ours.eps, ours.momentum) == (theirs.eps, theirs.momentum)
