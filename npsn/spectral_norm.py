@@ -114,6 +114,7 @@ class SpectralNorm(Module):
         self.register_buffer("weight_u", (u / max(np.linalg.norm(u), eps)).astype(layer.weight.data.dtype))
         self.register_buffer("weight_v", (v / max(np.linalg.norm(v), eps)).astype(layer.weight.data.dtype))
         object.__setattr__(self, "_sigma", None)
+        object.__setattr__(self, "last_input_shape", None)
 
     # ------------------------------------------------------------------ power iteration
     def power_iteration(self, n_iterations=None):
@@ -153,6 +154,7 @@ class SpectralNorm(Module):
         # sigma = u^T W v ;  W_SN = W / sigma
         w_sn, sigma = self.normalized_weight()
         object.__setattr__(self, "_sigma", sigma)
+        object.__setattr__(self, "last_input_shape", tuple(x.shape))  # for diagnostics (operator norms)
         self.module.weight = Parameter(w_sn, requires_grad=self.weight_orig.requires_grad)
         self.save_for_backward(u=self.weight_u, v=self.weight_v, sigma=sigma, w_sn=w_sn)
         return self.module(x)
