@@ -23,6 +23,19 @@ def conv_output_size(size, kernel, stride, padding):
     return (size + 2 * padding - kernel) // stride + 1
 
 
+def valid_range(out_size, in_size, offset, stride, padding):
+    """The output positions whose tap at kernel ``offset`` reads inside the (unpadded) input, along one axis.
+
+    Output position i reads input position r = stride * i + offset - padding. Returns
+    ``(i0, i1, r0)``: exactly the i in [i0, i1) have 0 <= r < in_size, and r0 is the first such r.
+    The other output positions read zero padding.
+    """
+    # smallest i with r >= 0 (ceil division), and one past the largest i with r <= in_size - 1
+    i0 = max(0, -((offset - padding) // stride))
+    i1 = max(i0, min(out_size, (in_size - 1 + padding - offset) // stride + 1))
+    return i0, i1, stride * i0 + offset - padding
+
+
 def im2col(x, kh, kw, stride, padding):
     """Patches of a channels-last image batch.
 
@@ -30,20 +43,25 @@ def im2col(x, kh, kw, stride, padding):
         x: (N, H, W, C).
     Returns:
         cols: (N, Ho, Wo, kh, kw, C) with cols[n, i, j, a, b, c] = x_pad[n, s*i + a, s*j + b, c],
-        where x_pad is x zero-padded by ``padding`` on both sides of H and W.
+        where x_pad is x zero-padded by ``padding`` on both sides of H and W. The padded image is
+        never built: each kernel offset copies its valid window and zeroes its border.
     """
     xp = get_array_module(x)
     n, h, w, c = x.shape
     ho, wo = conv_output_size(h, kh, stride, padding), conv_output_size(w, kw, stride, padding)
-    if padding:
-        x_pad = xp.zeros((n, h + 2 * padding, w + 2 * padding, c), dtype=x.dtype)
-        x_pad[:, padding:padding + h, padding:padding + w, :] = x
-    else:
-        x_pad = x
     cols = xp.empty((n, ho, wo, kh, kw, c), dtype=x.dtype)
     for a in range(kh):
+        i0, i1, r0 = valid_range(ho, h, a, stride, padding)
         for b in range(kw):
-            cols[:, :, :, a, b, :] = x_pad[:, a:a + stride * ho:stride, b:b + stride * wo:stride, :]
+            j0, j1, q0 = valid_range(wo, w, b, stride, padding)
+            tap = cols[:, :, :, a, b, :]
+            # taps that fall on the padding read zeros
+            tap[:, :i0] = 0
+            tap[:, i1:] = 0
+            tap[:, i0:i1, :j0] = 0
+            tap[:, i0:i1, j1:] = 0
+            # cols[n, i, j, a, b, :] = x[n, s*i + a - p, s*j + b - p, :]
+            tap[:, i0:i1, j0:j1] = x[:, r0:r0 + stride * (i1 - i0):stride, q0:q0 + stride * (j1 - j0):stride]
     return cols
 
 
@@ -55,17 +73,18 @@ def col2im(cols, height, width, stride, padding):
         height, width: H and W of the image im2col read (not derivable when stride > 1).
     Returns:
         x: (N, H, W, C) with x[n, y, z, c] = sum of cols[n, i, j, a, b, c] over all (i, j, a, b)
-        with s*i + a - padding = y and s*j + b - padding = z.
+        with s*i + a - padding = y and s*j + b - padding = z (taps on the padding are dropped).
     """
     xp = get_array_module(cols)
     n, ho, wo, kh, kw, c = cols.shape
-    x_pad = xp.zeros((n, height + 2 * padding, width + 2 * padding, c), dtype=cols.dtype)
+    x = xp.zeros((n, height, width, c), dtype=cols.dtype)
     for a in range(kh):
+        i0, i1, r0 = valid_range(ho, height, a, stride, padding)
         for b in range(kw):
-            x_pad[:, a:a + stride * ho:stride, b:b + stride * wo:stride, :] += cols[:, :, :, a, b, :]
-    if padding:
-        return x_pad[:, padding:padding + height, padding:padding + width, :].copy()
-    return x_pad
+            j0, j1, q0 = valid_range(wo, width, b, stride, padding)
+            # x[n, s*i + a - p, s*j + b - p, :] += cols[n, i, j, a, b, :]
+            x[:, r0:r0 + stride * (i1 - i0):stride, q0:q0 + stride * (j1 - j0):stride] += cols[:, i0:i1, j0:j1, a, b]
+    return x
 
 
 def _weight_matrix(weight):
