@@ -22,6 +22,7 @@ from .losses import get_loss
 from .models import build_gan, spectral_layers
 from .optim import Adam
 from .progress import ProgressBar
+from .updates import discriminator_update, generator_update
 
 
 @dataclasses.dataclass
@@ -129,34 +130,13 @@ class Trainer:
                                  self.config.device)
 
     def d_step(self):
-        """One discriminator update on a real and a generated batch; returns the 0-d loss.
-
-        Real and fake images go through D as one batch of 2B (D has no batch-dependent
-        layers, so this equals two separate passes, but with one SN power-iteration step).
-        """
-        xp, b = self.xp, self.config.batch_size
-        x_real = self.real_batch()
-        x_fake = self.G(self.sample_z(b))  # G in training mode; no backward through G here
-        logits = self.D(xp.concatenate([x_real, x_fake]))
-        loss, grad_real, grad_fake = self.d_loss(logits[:b], logits[b:])
-        self.opt_d.zero_grad()
-        self.D.backward(xp.concatenate([grad_real, grad_fake]))
-        self.opt_d.step()
-        return loss
+        """One discriminator update on the next real batch and a generated one; returns the 0-d loss."""
+        return discriminator_update(self.G, self.D, self.opt_d, self.d_loss, self.real_batch(),
+                                    self.sample_z(self.config.batch_size))
 
     def g_step(self):
-        """One generator update through a frozen D (D's parameter gradients are not computed)."""
-        x_fake = self.G(self.sample_z(self.config.batch_size))
-        self.D.requires_grad_(False)
-        try:
-            loss, grad_logits = self.g_loss(self.D(x_fake))
-            grad_images = self.D.backward(grad_logits)
-        finally:
-            self.D.requires_grad_(True)
-        self.opt_g.zero_grad()
-        self.G.backward(grad_images)
-        self.opt_g.step()
-        return loss
+        """One generator update through a frozen D; returns the 0-d loss."""
+        return generator_update(self.G, self.D, self.opt_g, self.g_loss, self.sample_z(self.config.batch_size))
 
     def learning_rate(self, iteration):
         """lr at a (0-based) iteration: constant, or decayed linearly to 0 at the last one."""
