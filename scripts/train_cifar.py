@@ -16,6 +16,7 @@ import sys
 import time
 
 from npsn import backend
+from npsn.allocator import keep_freed_memory
 from npsn.cifar10 import CIFAR10Error, download_cifar10, load_cifar10
 from npsn.models import MODELS
 from npsn.trainer import PRESETS, Trainer, TrainingDiverged, TrainConfig, preset_config
@@ -95,6 +96,8 @@ def main(argv=None):
         return 2
 
     preset = PRESETS[config.model]
+    # Large im2col temporaries: keep freed memory for reuse instead of page-faulting it back each step.
+    keep_freed_memory()
     print(f"npsn: training {config.model} on {len(images)} CIFAR-10 images, device {config.device}, run dir {out_dir}")
     print(f"preset {config.model}: " + ", ".join(f"{k}={v}" for k, v in preset.items()))
     print("config: " + json.dumps(dataclasses.asdict(config)))
