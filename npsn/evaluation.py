@@ -1,0 +1,157 @@
+"""Evaluation of a GAN during and after training: SWD against real images and D's spectral diagnostics.
+
+:func:`make_evaluator` builds the callable the :class:`~npsn.trainer.Trainer` runs every
+``eval_every`` iterations; its dict is merged into that iteration's log record. It must not change
+anything training depends on: it draws z from its own generator (never ``trainer.noise``), runs G
+and D in eval mode (no BatchNorm running-statistics update, no spectral-norm u, v update),
+computes no parameter gradient, and restores both modes. A run with evaluation therefore has
+exactly the losses of the same run without it, and resuming stays exact.
+
+:func:`load_run` and :func:`generate` serve the command-line scripts (``scripts/evaluate.py``,
+``scripts/sample.py``).
+"""
+import os
+
+import numpy as np
+
+from . import backend
+from .checkpoint import load_checkpoint, unflatten
+from .cifar10 import to_training_array
+from .diagnostics import gradient_norm_estimate, lipschitz_upper_bound, spectral_report
+from .metrics import sliced_wasserstein
+from .models import build_gan
+
+GENERATION_CHUNK = 250  # images generated per forward of G
+GRADIENT_BATCH = 64  # real and generated images for the gradient-norm estimate
+
+
+def generate(G, z, chunk=GENERATION_CHUNK):
+    """G(z) in eval mode, ``chunk`` rows at a time, restoring G's previous mode.
+
+    Args:
+        G: a generator mapping z (N, z_dim) to NCHW images.
+        z: (N, z_dim) on G's device, G's dtype.
+    Returns:
+        images (N, C, H, W) on G's device.
+    """
+    xp = backend.get_array_module(z)
+    was_training = G.training
+    G.eval()
+    try:
+        return xp.concatenate([G(z[i:i + chunk]) for i in range(0, z.shape[0], chunk)])
+    finally:
+        G.train(was_training)
+
+
+def quantize(images):
+    """NCHW floats in [-1, 1] -> uint8 NCHW on the same device: round((x + 1) * 127.5), clipped to [0, 255].
+
+    These are the pixel values a saved PNG would hold; SWD compares them with the real uint8 images.
+    """
+    xp = backend.get_array_module(images)
+    # p = clip(round((x + 1) * 127.5), 0, 255)
+    return xp.clip(xp.rint((images + 1) * 127.5), 0, 255).astype(np.uint8)
+
+
+def diagnose(D, real_uint8, fake, swd_seed=0, gradient_batch=GRADIENT_BATCH, power_iterations=100):
+    """SWD, D's spectral report and gradient norms for one set of real and generated images.
+
+    SWD compares the generated images quantized to uint8 (:func:`quantize`: the pixels a saved
+    PNG holds, as ProGAN does) with the real uint8 images; the gradient norms use the float images.
+
+    Args:
+        D: the discriminator; it must have run a forward (true during or after training, or run
+            one first).
+        real_uint8: (N, 3, H, W) uint8 real images on D's device.
+        fake: (M, 3, H, W) generated float images in [-1, 1] on D's device.
+        swd_seed: the seed of :func:`~npsn.metrics.sliced_wasserstein` (patches and directions).
+        gradient_batch: images of each set used for :func:`~npsn.diagnostics.gradient_norm_estimate`.
+        power_iterations: steps of :func:`~npsn.diagnostics.operator_norm` per layer.
+    Returns:
+        a flat JSON-able dict: ``swd_32``, ``swd_16``, ``swd_mean`` (x 1e3), ``grad_norm_max``,
+        ``grad_norm_mean`` (over ``gradient_batch`` real and ``gradient_batch`` generated images),
+        ``lipschitz_upper_bound`` (product of operator norms, or None for a ResNet), and
+        ``spectral``: one dict per spectral-normalized layer (see :func:`~npsn.diagnostics.spectral_report`).
+    """
+    xp = backend.get_array_module(fake)
+    result = dict(sliced_wasserstein(quantize(fake), real_uint8, seed=swd_seed))
+    report = spectral_report(D, n_iterations=power_iterations)
+    real = to_training_array(real_uint8[:gradient_batch], xp, dtype=fake.dtype)
+    grads = gradient_norm_estimate(D, [real, fake[:gradient_batch]])
+    result["grad_norm_max"] = grads["grad_norm_max"]
+    result["grad_norm_mean"] = grads["grad_norm_mean"]
+    result["lipschitz_upper_bound"] = lipschitz_upper_bound(D, report)
+    result["spectral"] = report
+    return result
+
+
+def make_evaluator(config, images_uint8):
+    """The evaluation callable for a :class:`~npsn.trainer.Trainer`: ``evaluator(trainer) -> dict``.
+
+    Args:
+        config: the run's :class:`~npsn.trainer.TrainConfig` (``eval_images``, ``seed``, ``z_dim``, ``device``).
+        images_uint8: the training images, uint8 (N, 3, 32, 32) NCHW on the host.
+    Returns:
+        a function of the trainer returning :func:`diagnose`'s dict for images of trainer.G (eval mode) and trainer.D.
+
+    Fixed once, so every evaluation of a run compares like with like:
+
+    * real: ``min(eval_images, N)`` distinct training images chosen by
+      ``numpy.random.default_rng([seed, 4])``, kept uint8 on the device;
+    * z: ``eval_images`` latent vectors from ``numpy.random.default_rng([seed, 5])`` (the trainer
+      uses streams [seed, 2] for training noise and [seed, 3] for its sample grids);
+    * SWD's patches and directions: ``sliced_wasserstein(..., seed=seed)``.
+    """
+    xp = backend.xp_for(config.device)
+    rng = np.random.default_rng([config.seed, 4])
+    n_real = min(config.eval_images, len(images_uint8))
+    chosen = np.sort(rng.choice(len(images_uint8), size=n_real, replace=False))
+    real_uint8 = xp.asarray(images_uint8[chosen])
+    z = backend.to_device(
+        np.random.default_rng([config.seed, 5]).standard_normal((config.eval_images, config.z_dim)).astype(np.float32),
+        config.device)
+
+    def evaluate(trainer):
+        fake = generate(trainer.G, z)
+        return diagnose(trainer.D, real_uint8, fake, swd_seed=config.seed)
+
+    return evaluate
+
+
+class RunError(Exception):
+    """A run directory or checkpoint is missing or unreadable (the message says which and why)."""
+
+
+def find_checkpoint(path):
+    """``path`` itself if it is a file, else ``path/checkpoint.npz``; :class:`RunError` if missing."""
+    if not os.path.exists(path):
+        raise RunError(f"{path}: no such run directory or checkpoint")
+    checkpoint = path if os.path.isfile(path) else os.path.join(path, "checkpoint.npz")
+    if not os.path.isfile(checkpoint):
+        raise RunError(f"{path}: no checkpoint.npz there (train first, or pass the checkpoint file)")
+    return checkpoint
+
+
+def load_run(path, device="cpu"):
+    """G and D of a run, from its checkpoint, on ``device``.
+
+    Args:
+        path: a run directory (holding ``checkpoint.npz``) or a checkpoint file.
+        device: "cpu" or "gpu" (check it with :func:`~npsn.backend.check_device` first).
+    Returns:
+        ``(config dict, G, D, meta)``. The configuration is the one stored in the checkpoint's
+        metadata (it always matches the saved weights; ``config.json`` holds the same values).
+    Raises:
+        RunError: missing path, missing checkpoint, or a checkpoint that cannot be read.
+    """
+    checkpoint = find_checkpoint(path)
+    try:
+        arrays, meta = load_checkpoint(checkpoint)
+        config = meta["config"]
+    except Exception as exc:  # zip, JSON or key errors from a truncated or foreign file
+        raise RunError(f"{checkpoint}: cannot read the checkpoint ({type(exc).__name__}: {exc})") from None
+    G, D = build_gan(config["model"], z_dim=config["z_dim"], g_ch=config["g_ch"], d_ch=config["d_ch"],
+                     sn=config["sn"], seed=config["seed"])
+    G.load_state_dict(unflatten("G", arrays))
+    D.load_state_dict(unflatten("D", arrays))
+    return config, G.to(device), D.to(device), meta

@@ -1,0 +1,62 @@
+"""Generate images with a trained generator: a PNG grid or an .npz of uint8 images.
+
+    python scripts/sample.py runs/cnn-20261123-120000 --n 64 --out samples.png
+    python scripts/sample.py runs/cnn-20261123-120000/checkpoint.npz --n 10000 --out samples.npz --device gpu
+
+G runs in eval mode (BatchNorm's running statistics) on z ~ N(0, I) drawn from
+numpy.random.default_rng(seed), generated in chunks of 250. Output by extension:
+
+* ``.png``: one grid, --nrow images per row (default: ceil(sqrt(n)), 8 for 64 images);
+* ``.npz``: key ``images``, uint8 (n, 3, 32, 32) NCHW, values round((x + 1) * 127.5).
+"""
+import argparse
+import math
+import sys
+
+import numpy as np
+
+from npsn import backend
+from npsn.evaluation import RunError, generate, load_run, quantize
+from npsn.images import save_grid
+
+FORMATS = (".png", ".npz")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", metavar="CHECKPOINT_OR_RUN_DIR", help="checkpoint.npz or the run directory holding it")
+    p.add_argument("--n", type=int, default=64, help="number of images (default 64)")
+    p.add_argument("--out", default="samples.png", help="output file, .png (grid) or .npz (uint8 NCHW)")
+    p.add_argument("--seed", type=int, default=0, help="seeds z")
+    p.add_argument("--nrow", type=int, help="images per grid row (default: ceil(sqrt(n)))")
+    p.add_argument("--device", default="cpu", help="cpu (NumPy) or gpu (CuPy)")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if not args.out.lower().endswith(FORMATS):
+        print(f"error: --out {args.out}: the name must end in .png or .npz", file=sys.stderr)
+        return 2
+    if args.n < 1:
+        print("error: --n must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        backend.check_device(args.device)
+        config, G, _, meta = load_run(args.checkpoint, args.device)
+    except (RunError, backend.DeviceError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    z = backend.to_device(
+        np.random.default_rng(args.seed).standard_normal((args.n, config["z_dim"])).astype(np.float32), args.device)
+    images = generate(G, z)
+    if args.out.lower().endswith(".png"):
+        save_grid(images, args.out, nrow=args.nrow or math.ceil(math.sqrt(args.n)))
+    else:
+        np.savez(args.out, images=backend.to_numpy(quantize(images)))
+    print(f"wrote {args.n} images of {config['model']} G (iteration {meta['iteration']}) to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
