@@ -1,0 +1,520 @@
+"""2-D mixtures of Gaussians for measuring mode collapse: data, MLP models, metrics, training, scatter plots.
+
+The protocol is PacGAN's (Lin, Khetan, Fanti & Oh, "PacGAN: The power of two samples in generative
+adversarial networks", NeurIPS 2018, Table 1), which follows VEEGAN (Srivastava et al.,
+NeurIPS 2017). Values below were read from the authors' code (github.com/fjxmlzn/PacGAN,
+``synthetic_data_experiments``: ``config.py``, ``pacgan_task.py``, ``pacgan/extensions.py``).
+
+Data
+    *ring*: 8 isotropic Gaussians with means (cos(2 pi k/8), sin(2 pi k/8)) on the unit circle, std 0.01;
+    *grid*: 25 isotropic Gaussians with means {-4, -2, 0, 2, 4}^2, std 0.05; uniform mixture weights.
+
+Models (PacGAN's sizes)
+    G: z in R^2 ~ N(0, I) -> 4 x [Linear(400, no bias) -> BatchNorm1d -> ReLU] -> Linear(400, 2).
+    D: 3 hidden layers of 200 units -> Linear(200, 1), a logit. PacGAN's D uses LinearMaxout with 5
+    pieces; npsn has no maxout layer, so D here is a plain MLP with LeakyReLU(0.2) (or ReLU) --
+    a deliberate difference. With ``sn=True`` every Linear of D (the last included) is wrapped in
+    :class:`~npsn.spectral_norm.SpectralNorm`, as in Miyato et al. (2018).
+    G's weights ~ N(0, 0.02^2), biases 0 (PacGAN's ``IsotropicGaussian(0.02)``, ``Constant(0)``).
+    D's initialization is selectable: ``"normal"`` is PacGAN's N(0, 0.02^2); the default
+    ``"default"`` keeps npsn's (= PyTorch's) U(-1/sqrt(fan_in), 1/sqrt(fan_in)), because with
+    N(0, 0.02^2) and no maxout the 4-layer D starts with logits ~1e-3 and, in our short trial
+    runs (single seeds), its loss stayed at log 4 for thousands of iterations.
+
+Training
+    Batch 100; each iteration is one D update on a real and a generated batch, then one G update
+    on fresh z (the authors' ``SequentialAlgorithm``). PacGAN's loss is the original GAN loss with
+    the non-saturating generator loss (``nonsaturating`` in :mod:`npsn.losses`); hinge and
+    Wasserstein are selectable too. PacGAN's optimizer is Adam(lr 1e-4, beta1 0.8, beta2 0.999)
+    for 400 epochs of 1,000 iterations = 400,000 iterations, far beyond a CPU budget. The defaults
+    here, for runs of a few thousand iterations, are Adam(2e-4, 0.5, 0.999) -- the SN-GAN paper's
+    setting C (Miyato et al. 2018, Table 1) -- which learned much faster in short trial runs.
+    Real batches are drawn fresh from the mixture each iteration (PacGAN iterates over a fixed
+    set of 100,000 samples).
+
+Metrics (on 2,500 generated samples, as PacGAN's ``MetricLogger``)
+    Each sample x is assigned to its nearest mode k in standardized distance
+    r(x) = min_k ||x - mu_k|| / sigma. It is *high quality* (HQ) when r(x) < 3. Then
+
+    * modes covered = number of modes with at least one HQ sample assigned;
+    * HQ fraction = (number of HQ samples) / (number of samples);
+    * reverse KL = KL(p_g || p_data) over modes, with p_g(k) = n_k / sum_j n_j the histogram of the
+      HQ samples over modes and p_data(k) = 1/K the true (uniform) mode weights:
+      KL = sum_{k: p_g(k) > 0} p_g(k) log(K p_g(k)). It is undefined (NaN) without HQ samples.
+      The paper's table reports "reverse KL" without code for it in the released repository,
+      whose ``MetricLogger`` logs a JSD of this same HQ histogram against the uniform one; so the
+      KL of that histogram is our reading, not a verified reproduction.
+
+    Even exact samples of the mixture are HQ only with probability P(r < 3) for a 2-D standard
+    normal, where r^2 is chi-square with 2 degrees of freedom: 1 - exp(-9/2) = 98.89% (not the
+    99.7% of the 1-D three-sigma rule).
+"""
+import dataclasses
+import math
+import time
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from . import backend
+from .activations import LeakyReLU, ReLU
+from .batchnorm import BatchNorm1d
+from .linear import Linear
+from .losses import get_loss
+from .module import Sequential
+from .optim import Adam
+from .spectral_norm import SpectralNorm
+
+HQ_THRESHOLD = 3.0  # high quality: within 3 standard deviations of the nearest mode
+
+# ---------------------------------------------------------------------- data
+
+
+@dataclasses.dataclass(frozen=True)
+class GaussianMixture2D:
+    """A uniform mixture of K isotropic 2-D Gaussians N(mu_k, std^2 I).
+
+    Attributes:
+        name: "ring" or "grid" (used in file names and tables).
+        means: (K, 2) float64 host array of the mode centers mu_k.
+        std: the common standard deviation sigma of every mode (per coordinate).
+        extent: half-width of the square [-extent, extent]^2 drawn by :func:`save_scatter`.
+    """
+
+    name: str
+    means: np.ndarray
+    std: float
+    extent: float
+
+    @property
+    def num_modes(self):
+        return len(self.means)
+
+    def sample(self, n, rng):
+        """Draw n points on the host: x = mu_k + std * eps, k ~ Uniform{0..K-1}, eps ~ N(0, I).
+
+        Args:
+            n: number of points.
+            rng: ``numpy.random.Generator``.
+        Returns:
+            (x, k): x (n, 2) float32 host array; k (n,) int64 mode labels.
+        """
+        k = rng.integers(0, self.num_modes, size=n)
+        # x = mu_k + sigma eps
+        x = self.means[k] + self.std * rng.standard_normal((n, 2))
+        return x.astype(np.float32), k
+
+
+def ring(num_modes=8, radius=1.0, std=0.01):
+    """PacGAN's 2D-ring: ``num_modes`` Gaussians with means radius (cos 2 pi k/K, sin 2 pi k/K), std 0.01."""
+    angles = 2 * np.pi * np.arange(num_modes) / num_modes
+    means = radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    return GaussianMixture2D("ring", means, std, extent=1.5 * radius)
+
+
+def grid(side=5, spacing=2.0, std=0.05):
+    """PacGAN's 2D-grid: side^2 Gaussians at {-4, -2, 0, 2, 4}^2 (for side 5, spacing 2), std 0.05."""
+    coords = spacing * (np.arange(side) - (side - 1) / 2)
+    means = np.array([(a, b) for a in coords for b in coords], dtype=np.float64)
+    return GaussianMixture2D("grid", means, std, extent=float(coords[-1]) + spacing)
+
+
+DATASETS = {"ring": ring, "grid": grid}
+
+
+def get_dataset(name):
+    """The mixture registered under ``name`` in :data:`DATASETS` (ValueError listing the choices otherwise)."""
+    try:
+        return DATASETS[name]()
+    except KeyError:
+        raise ValueError(f"unknown 2-D dataset {name!r}: choose one of {', '.join(sorted(DATASETS))}") from None
+
+
+# ---------------------------------------------------------------------- metrics
+
+
+def assign_to_modes(samples, mixture):
+    """Nearest mode of each sample and its distance to it in units of the mode's std.
+
+    Args:
+        samples: (N, 2) array on either device (copied to the host: this is evaluation, not training).
+        mixture: a :class:`GaussianMixture2D`.
+    Returns:
+        (nearest, r): nearest (N,) int64 mode index; r (N,) float64, r = min_k ||x - mu_k|| / sigma.
+    """
+    x = backend.to_numpy(samples).astype(np.float64)
+    # d2[n, k] = ||x_n - mu_k||^2
+    d2 = ((x[:, None, :] - mixture.means[None, :, :]) ** 2).sum(axis=2)
+    nearest = d2.argmin(axis=1)
+    # r = ||x - mu_nearest|| / sigma
+    r = np.sqrt(d2[np.arange(len(x)), nearest]) / mixture.std
+    return nearest, r
+
+
+def mode_metrics(samples, mixture, threshold=HQ_THRESHOLD):
+    """PacGAN's mode-collapse metrics of a set of generated samples (see the module docstring).
+
+    Args:
+        samples: (N, 2) array on either device.
+        mixture: the true :class:`GaussianMixture2D`.
+        threshold: HQ radius in standard deviations (3).
+    Returns:
+        dict of host Python values: ``modes`` (int, modes with >= 1 HQ sample), ``hq_fraction``
+        (float in [0, 1]), ``reverse_kl`` (float, NaN when no sample is HQ), ``mode_counts``
+        (list of K ints: HQ samples per mode), ``num_samples`` (int).
+
+    .. math::
+        n_k = \\#\\{x : \\text{nearest}(x) = k,\\ r(x) < 3\\}, \\quad
+        p_g(k) = \\frac{n_k}{\\sum_j n_j}, \\quad
+        \\mathrm{KL}(p_g \\,\\|\\, U_K) = \\sum_{k:\\,p_g(k)>0} p_g(k) \\log\\big(K\\,p_g(k)\\big).
+    """
+    nearest, r = assign_to_modes(samples, mixture)
+    hq = r < threshold
+    counts = np.bincount(nearest[hq], minlength=mixture.num_modes)
+    n_hq = int(counts.sum())
+    if n_hq > 0:
+        p = counts[counts > 0] / n_hq
+        # KL(p_g || uniform) = sum_k p_g(k) log(K p_g(k)), over modes with p_g(k) > 0
+        reverse_kl = float(np.sum(p * np.log(mixture.num_modes * p)))
+    else:
+        reverse_kl = math.nan
+    return {
+        "modes": int(np.count_nonzero(counts)),
+        "hq_fraction": n_hq / len(r),
+        "reverse_kl": reverse_kl,
+        "mode_counts": [int(c) for c in counts],
+        "num_samples": int(len(r)),
+    }
+
+
+# ---------------------------------------------------------------------- models
+
+
+def _init_normal_(linear, rng, std=0.02):
+    """Set a Linear's weight to N(0, std^2) and its bias to 0 (PacGAN's initialization); returns it."""
+    linear.weight.data = (std * rng.standard_normal(linear.weight.shape)).astype(np.float32)
+    if linear.bias is not None:
+        linear.bias.data = np.zeros(linear.bias.shape, dtype=np.float32)
+    return linear
+
+
+def make_generator(z_dim=2, hidden=400, depth=4, out_dim=2, bn_momentum=0.05, rng=None):
+    """PacGAN's 2-D generator: ``depth`` x [Linear(no bias) -> BatchNorm1d -> ReLU] -> Linear(hidden, 2).
+
+    Args:
+        z_dim, hidden, depth, out_dim: latent size, width, number of hidden layers, output size.
+        bn_momentum: BatchNorm running-statistics momentum (PacGAN's population update uses 0.05).
+        rng: host ``numpy.random.Generator`` for the N(0, 0.02^2) weights (default: seed 0).
+    Returns:
+        a :class:`~npsn.module.Sequential`: z (N, z_dim) -> x (N, out_dim).
+
+    The hidden Linears have no bias because BatchNorm's shift makes it redundant (PacGAN's
+    ``use_bias=False``); the output layer has one.
+    """
+    rng = rng if rng is not None else np.random.default_rng(0)
+    layers, width = [], z_dim
+    for _ in range(depth):
+        layers += [_init_normal_(Linear(width, hidden, bias=False, rng=rng), rng),
+                   BatchNorm1d(hidden, momentum=bn_momentum), ReLU()]
+        width = hidden
+    layers.append(_init_normal_(Linear(width, out_dim, rng=rng), rng))
+    return Sequential(*layers)
+
+
+D_ACTIVATIONS = {"leaky_relu": lambda: LeakyReLU(0.2), "relu": ReLU}
+
+
+D_INITS = ("default", "normal")
+
+
+def make_discriminator(in_dim=2, hidden=200, depth=3, sn=True, activation="leaky_relu", init="default", rng=None):
+    """A 2-D discriminator: ``depth`` x [Linear -> activation] -> Linear(hidden, 1), SN on every Linear if ``sn``.
+
+    Args:
+        in_dim, hidden, depth: input size, width, number of hidden layers (PacGAN: 2, 200, 3).
+        sn: wrap every Linear (the output layer included) in :class:`SpectralNorm`.
+        activation: "leaky_relu" (slope 0.2) or "relu" -- standing in for PacGAN's 5-piece maxout.
+        init: "default" (npsn's = PyTorch's U(+-1/sqrt(fan_in)) for weights and biases) or
+            "normal" (PacGAN's: weights N(0, 0.02^2), biases 0).
+        rng: host generator for weights and SN's initial u, v (default: seed 0).
+    Returns:
+        a :class:`~npsn.module.Sequential`: x (N, in_dim) -> logits (N, 1).
+    """
+    if activation not in D_ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}: choose one of {', '.join(sorted(D_ACTIVATIONS))}")
+    if init not in D_INITS:
+        raise ValueError(f"unknown init {init!r}: choose one of {', '.join(D_INITS)}")
+    rng = rng if rng is not None else np.random.default_rng(0)
+
+    def linear(a, b):
+        layer = Linear(a, b, rng=rng)
+        if init == "normal":
+            _init_normal_(layer, rng)
+        return SpectralNorm(layer, rng=rng) if sn else layer
+
+    layers, width = [], in_dim
+    for _ in range(depth):
+        layers += [linear(width, hidden), D_ACTIVATIONS[activation]()]
+        width = hidden
+    layers.append(linear(width, 1))
+    return Sequential(*layers)
+
+
+# ---------------------------------------------------------------------- training
+
+
+@dataclasses.dataclass
+class ToyConfig:
+    """Every setting of one 2-D run (PacGAN's except the optimizer, iterations, D's activation and init)."""
+
+    dataset: str = "ring"
+    sn: bool = True
+    loss: str = "nonsaturating"
+    iterations: int = 8000  # generator updates (PacGAN: 400,000)
+    batch_size: int = 100
+    lr: float = 2e-4  # PacGAN: 1e-4
+    beta1: float = 0.5  # PacGAN: 0.8
+    beta2: float = 0.999
+    n_dis: int = 1
+    z_dim: int = 2
+    g_hidden: int = 400
+    g_depth: int = 4
+    d_hidden: int = 200
+    d_depth: int = 3
+    d_activation: str = "leaky_relu"
+    d_init: str = "default"  # PacGAN: "normal"
+    d_input_scale: float = 1.0  # D sees s * x (see ToyGAN); 1 = PacGAN
+    eval_samples: int = 2500
+    seed: int = 0
+    device: str = "cpu"
+
+    @property
+    def method(self):
+        """Short name of the D variant: "SN" or "no-SN"."""
+        return "SN" if self.sn else "no-SN"
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite."""
+
+
+class ToyGAN:
+    """G, D, their Adam optimizers and the host random streams of one 2-D run.
+
+    Seeding: ``SeedSequence(seed)`` is split into four independent host generators -- weights,
+    real data, training noise z, and the fixed evaluation z -- so a seed gives the same run on
+    the CPU and the GPU (everything random is drawn with NumPy and moved with ``to_device``).
+
+    **D's input scale** s = ``config.d_input_scale``: D is applied to s x instead of x, i.e. the
+    critic is x -> D(s x). With SN, D is 1-Lipschitz (at most) in its input, so x -> D(s x) is
+    s-Lipschitz in x: a spectrally normalized D on the ring (modes 0.77 apart, std 0.01) can change
+    its logit by at most 0.03 across a mode's 3-std disc, and s raises that bound. It is the same
+    as training on data and generator outputs scaled by s. In the G step the chain rule gives
+    dL/dx = s * dL/d(s x).
+    """
+
+    def __init__(self, config):
+        self.config = c = config
+        backend.check_device(c.device)
+        self.xp = backend.xp_for(c.device)
+        self.mixture = get_dataset(c.dataset)
+        streams = np.random.SeedSequence(c.seed).spawn(4)
+        init_rng, data_rng, noise_rng, eval_rng = (np.random.default_rng(s) for s in streams)
+        self.data_rng, self.noise_rng = data_rng, noise_rng
+        self.G = make_generator(c.z_dim, c.g_hidden, c.g_depth, rng=init_rng).to(c.device)
+        self.D = make_discriminator(2, c.d_hidden, c.d_depth, sn=c.sn, activation=c.d_activation,
+                                    init=c.d_init, rng=init_rng).to(c.device)
+        self.opt_g = Adam(self.G.parameters(), lr=c.lr, betas=(c.beta1, c.beta2))
+        self.opt_d = Adam(self.D.parameters(), lr=c.lr, betas=(c.beta1, c.beta2))
+        self.d_loss, self.g_loss = get_loss(c.loss)
+        self.eval_z = eval_rng.standard_normal((c.eval_samples, c.z_dim)).astype(np.float32)
+        self.iteration = 0
+
+    def real_batch(self, n):
+        """n points of the mixture, drawn on the host and moved to the device: (n, 2) float32."""
+        return backend.to_device(self.mixture.sample(n, self.data_rng)[0], self.config.device)
+
+    def sample_z(self, n):
+        """z ~ N(0, I), (n, z_dim) float32 on the device (drawn on the host)."""
+        return backend.to_device(self.noise_rng.standard_normal((n, self.config.z_dim)).astype(np.float32),
+                                 self.config.device)
+
+    def _d_input(self, x):
+        """s * x, D's input (x itself when s = 1); also the chain-rule factor of G's gradient."""
+        s = self.config.d_input_scale
+        return x if s == 1 else x * s
+
+    def d_step(self):
+        """One D update on a real and a generated batch (one pass of 2B points); returns the 0-d loss."""
+        xp, b = self.xp, self.config.batch_size
+        x_real = self.real_batch(b)
+        x_fake = self.G(self.sample_z(b))  # G in training mode; no backward through G
+        logits = self.D(self._d_input(xp.concatenate([x_real, x_fake])))
+        loss, grad_real, grad_fake = self.d_loss(logits[:b], logits[b:])
+        self.opt_d.zero_grad()
+        self.D.backward(xp.concatenate([grad_real, grad_fake]))
+        self.opt_d.step()
+        return loss
+
+    def g_step(self):
+        """One G update through a frozen D (D's parameter gradients are not computed); returns the 0-d loss."""
+        x_fake = self.G(self.sample_z(self.config.batch_size))
+        self.D.requires_grad_(False)
+        try:
+            loss, grad_logits = self.g_loss(self.D(self._d_input(x_fake)))
+            # dL/dx = s * dL/d(s x)
+            grad_x = self._d_input(self.D.backward(grad_logits))
+        finally:
+            self.D.requires_grad_(True)
+        self.opt_g.zero_grad()
+        self.G.backward(grad_x)
+        self.opt_g.step()
+        return loss
+
+    def train_iteration(self):
+        """``n_dis`` D updates then one G update; returns the two 0-d losses (no host transfer)."""
+        for _ in range(self.config.n_dis):
+            loss_d = self.d_step()
+        loss_g = self.g_step()
+        self.iteration += 1
+        return loss_d, loss_g
+
+    def generate(self, z=None):
+        """G(z) with BatchNorm's running statistics (eval mode, as PacGAN samples), on the host: (N, 2) float32.
+
+        Args:
+            z: (N, z_dim) host array; default the fixed evaluation z of ``eval_samples`` points.
+        """
+        z = self.eval_z if z is None else z
+        self.G.eval()
+        try:
+            x = self.G(backend.to_device(z, self.config.device))
+        finally:
+            self.G.train()
+        return backend.to_numpy(x)
+
+    def evaluate(self):
+        """:func:`mode_metrics` of ``eval_samples`` generated points; returns (metrics, samples)."""
+        samples = self.generate()
+        return mode_metrics(samples, self.mixture), samples
+
+
+def train(config, log_every=0, eval_every=0, log=print):
+    """Train one 2-D GAN and evaluate it.
+
+    Args:
+        config: a :class:`ToyConfig`.
+        log_every: print the losses every this many iterations (0: never); each log is one host transfer.
+        eval_every: also compute the metrics every this many iterations (0: only at the end).
+        log: the print function.
+    Returns:
+        dict with ``config`` (dict), ``metrics`` (:func:`mode_metrics` at the end), ``final_loss_d``,
+        ``final_loss_g`` (floats), ``seconds`` (wall time of training, intermediate evaluations
+        included), ``history`` (list of {"iteration", "modes", "hq_fraction", "reverse_kl"}, one per
+        ``eval_every``), and under ``samples`` the (eval_samples, 2) host array of generated points.
+    Raises:
+        TrainingDiverged: when a logged or final loss is not finite.
+    """
+    gan = ToyGAN(config)
+    start = time.perf_counter()
+    loss_d = loss_g = None
+    history = []
+    for it in range(1, config.iterations + 1):
+        loss_d, loss_g = gan.train_iteration()
+        if (log_every and it % log_every == 0) or it == config.iterations:
+            ld, lg = (float(v) for v in backend.to_numpy(gan.xp.stack([loss_d, loss_g])))
+            if not (math.isfinite(ld) and math.isfinite(lg)):
+                raise TrainingDiverged(f"non-finite loss at iteration {it}: loss_d={ld}, loss_g={lg}")
+            if log_every and it % log_every == 0:
+                log(f"  [{config.dataset} {config.method} seed {config.seed}] it {it:6d}"
+                    f"  loss_d {ld:.4f}  loss_g {lg:.4f}")
+            loss_d, loss_g = ld, lg
+        if eval_every and it % eval_every == 0:
+            m = gan.evaluate()[0]
+            history.append({"iteration": it, "modes": m["modes"], "hq_fraction": m["hq_fraction"],
+                            "reverse_kl": m["reverse_kl"]})
+            if log_every:
+                log(f"  [{config.dataset} {config.method} seed {config.seed}] it {it:6d}  modes {m['modes']}"
+                    f"  HQ {100 * m['hq_fraction']:.1f}%  reverse KL {m['reverse_kl']:.3f}")
+    backend.synchronize(config.device)
+    seconds = time.perf_counter() - start
+    metrics, samples = gan.evaluate()
+    return {"config": dataclasses.asdict(config), "metrics": metrics, "final_loss_d": loss_d,
+            "final_loss_g": loss_g, "seconds": seconds, "history": history, "samples": samples}
+
+
+# ---------------------------------------------------------------------- summary
+
+
+def mean_std(values):
+    """(mean, sample standard deviation with ddof=1; 0 for one value) of a list of floats, NaN-propagating."""
+    v = np.asarray(values, dtype=np.float64)
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def summarize(metrics_list):
+    """Mean and spread over seeds: {"modes": (mean, std), "hq_percent": (mean, std), "reverse_kl": (mean, std)}."""
+    return {
+        "modes": mean_std([m["modes"] for m in metrics_list]),
+        "hq_percent": mean_std([100 * m["hq_fraction"] for m in metrics_list]),
+        "reverse_kl": mean_std([m["reverse_kl"] for m in metrics_list]),
+    }
+
+
+# ---------------------------------------------------------------------- scatter plot
+
+REAL_COLOR = (170, 170, 170)
+HQ_COLOR = (31, 119, 180)  # generated, within 3 std of a mode
+LOW_QUALITY_COLOR = (214, 39, 40)  # generated, farther
+MODE_COLOR = (0, 0, 0)
+
+
+def save_scatter(path, real, generated, mixture, size=600, title=None):
+    """Draw real (grey) and generated points (blue if high quality, red otherwise) with Pillow and save a PNG.
+
+    Args:
+        path: output file (.png).
+        real, generated: (N, 2) arrays on either device.
+        mixture: the :class:`GaussianMixture2D`; its square [-extent, extent]^2 is drawn, each mode
+            center is marked with a black cross and its 3-std (HQ) circle. Points outside the
+            square are not drawn (their number is written under the title).
+        size: image width and height in pixels.
+        title: text written at the top left.
+
+    Pixel of a point (x, y): column = (x + e) / (2 e) * (size - 1), row = (e - y) / (2 e) * (size - 1)
+    (y grows upwards), with e = ``mixture.extent``.
+    """
+    e = mixture.extent
+    image = Image.new("RGB", (size, size), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+
+    def to_pixels(points):
+        p = backend.to_numpy(points).astype(np.float64).reshape(-1, 2)
+        # col = (x + e) / 2e * (size - 1) ; row = (e - y) / 2e * (size - 1)
+        cols = (p[:, 0] + e) / (2 * e) * (size - 1)
+        rows = (e - p[:, 1]) / (2 * e) * (size - 1)
+        inside = (cols >= 0) & (cols <= size - 1) & (rows >= 0) & (rows <= size - 1)
+        return cols, rows, inside
+
+    def dots(points, colors):
+        cols, rows, inside = to_pixels(points)
+        for c, r, ok, color in zip(cols, rows, inside, colors):
+            if ok:
+                draw.ellipse([c - 1.5, r - 1.5, c + 1.5, r + 1.5], fill=color)
+        return int((~inside).sum())
+
+    dots(real, [REAL_COLOR] * len(real))
+    _, r_std = assign_to_modes(generated, mixture)
+    outside = dots(generated, [HQ_COLOR if r < HQ_THRESHOLD else LOW_QUALITY_COLOR for r in r_std])
+    radius = HQ_THRESHOLD * mixture.std / (2 * e) * (size - 1)
+    cols, rows, _ = to_pixels(mixture.means)
+    for c, r in zip(cols, rows):
+        draw.ellipse([c - radius, r - radius, c + radius, r + radius], outline=MODE_COLOR)
+        draw.line([c - 4, r, c + 4, r], fill=MODE_COLOR)
+        draw.line([c, r - 4, c, r + 4], fill=MODE_COLOR)
+    lines = [title] if title else []
+    lines.append(f"grey: real  blue: generated HQ  red: generated, > 3 std  circles: 3 std;"
+                 f" {outside} generated off-plot")
+    draw.text((6, 4), "\n".join(lines), fill=(0, 0, 0))
+    image.save(path)
+    return path

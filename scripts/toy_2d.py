@@ -1,0 +1,165 @@
+"""Mode collapse on 2-D mixtures of Gaussians (PacGAN's ring and grid): npsn GANs with and without SN.
+
+    python scripts/toy_2d.py                                   # ring and grid, SN and no-SN, 5 seeds
+    python scripts/toy_2d.py --dataset ring --sn --seeds 3 --iterations 2000
+    python scripts/toy_2d.py --loss hinge --out runs/toy2d-hinge --jobs 2
+    python scripts/toy_2d.py --lr 1e-4 --beta1 0.8 --d-init normal --iterations 400000   # PacGAN's settings
+
+Each run trains PacGAN's MLPs (npsn.toy2d) and measures, on 2,500 generated points, the modes
+covered, the % of high-quality samples (within 3 std of the nearest mode) and the reverse KL of
+the mode histogram. The script prints a table of mean +- std over seeds next to the numbers
+published in PacGAN's Table 1, and writes into --out:
+
+    results.json                      every run's metrics and losses, the summary, the command
+    table.md                          the printed table
+    scatter_<dataset>_<sn|nosn>.png   real (grey) and generated points of the first seed
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+# PacGAN, Table 1 (Lin et al. 2018): modes covered and % high-quality samples, averaged over runs.
+PUBLISHED = {
+    "ring": [("GAN (PacGAN Tab. 1)", 6.3, 98.2), ("PacGAN4 (PacGAN Tab. 1)", 7.8, 95.9)],
+    "grid": [("GAN (PacGAN Tab. 1)", 17.3, 94.8), ("PacGAN4 (PacGAN Tab. 1)", 24.8, 93.6)],
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", choices=["ring", "grid", "both"], default="both")
+    sn = p.add_mutually_exclusive_group()
+    sn.add_argument("--sn", dest="methods", action="store_const", const=["SN"], help="only D with spectral norm")
+    sn.add_argument("--no-sn", dest="methods", action="store_const", const=["no-SN"], help="only D without")
+    sn.add_argument("--both", dest="methods", action="store_const", const=["no-SN", "SN"],
+                    help="both (the default)")
+    p.set_defaults(methods=["no-SN", "SN"])
+    p.add_argument("--loss", choices=["nonsaturating", "hinge", "wasserstein"], default="nonsaturating",
+                   help="GAN loss (PacGAN: nonsaturating)")
+    p.add_argument("--iterations", type=int, default=8000, help="generator updates per run (PacGAN: 400,000)")
+    p.add_argument("--seeds", type=int, default=5,
+                   help="runs per (dataset, method): seeds first-seed, first-seed+1, ...")
+    p.add_argument("--first-seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--lr", type=float, default=2e-4, help="Adam step size (PacGAN: 1e-4)")
+    p.add_argument("--beta1", type=float, default=0.5, help="(PacGAN: 0.8)")
+    p.add_argument("--beta2", type=float, default=0.999)
+    p.add_argument("--n-dis", type=int, default=1, help="D updates per G update")
+    p.add_argument("--d-activation", choices=["leaky_relu", "relu"], default="leaky_relu",
+                   help="D's nonlinearity, standing in for PacGAN's 5-piece maxout")
+    p.add_argument("--d-init", choices=["default", "normal"], default="default",
+                   help="D's weights: npsn's (PyTorch's) default, or PacGAN's N(0, 0.02^2)")
+    p.add_argument("--d-input-scale", type=float, default=1.0,
+                   help="D sees s*x: with SN, an s-Lipschitz critic in x (PacGAN: 1)")
+    p.add_argument("--eval-samples", type=int, default=2500)
+    p.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    p.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="BLAS threads per process (these matrices are small: more threads mostly add overhead)")
+    p.add_argument("--log-every", type=int, default=0, help="print losses every N iterations (0: off)")
+    p.add_argument("--eval-every", type=int, default=0,
+                   help="also record the metrics every N iterations (in results.json; 0: only at the end)")
+    p.add_argument("--out", default=os.path.join("runs", "toy2d"), help="output folder")
+    return p.parse_args(argv)
+
+
+def run_one(config_dict, log_every=0, eval_every=0):
+    """Train and evaluate one run (in a worker process when --jobs > 1); returns the result dict."""
+    from npsn import toy2d
+
+    config = toy2d.ToyConfig(**config_dict)
+    result = toy2d.train(config, log_every=log_every, eval_every=eval_every)
+    m = result["metrics"]
+    print(f"{config.dataset:4s} {config.method:5s} seed {config.seed}: modes {m['modes']:2d}/"
+          f"{len(m['mode_counts'])}  HQ {100 * m['hq_fraction']:5.1f}%  reverse KL {m['reverse_kl']:.3f}"
+          f"  ({result['seconds']:.0f} s)", flush=True)
+    return result
+
+
+def format_table(summary, datasets, methods, seeds):
+    """The results table (Markdown) with the published rows of each dataset."""
+    def pm(mean_std, digits):
+        mean, std = mean_std
+        return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+    lines = ["| dataset | method | modes | HQ % | reverse KL |", "|---|---|---|---|---|"]
+    for dataset in datasets:
+        for method in methods:
+            s = summary[dataset][method]
+            lines.append(f"| {dataset} | npsn {method} ({seeds} seeds) | {pm(s['modes'], 1)} | "
+                         f"{pm(s['hq_percent'], 1)} | {pm(s['reverse_kl'], 3)} |")
+        for name, modes, hq in PUBLISHED[dataset]:
+            lines.append(f"| {dataset} | {name} | {modes} | {hq} | |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(args.threads)  # before NumPy is imported, here and in worker processes
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from concurrent.futures import ProcessPoolExecutor
+    from functools import partial
+
+    import numpy as np
+
+    from npsn import backend, toy2d
+
+    backend.check_device(args.device)
+    datasets = ["ring", "grid"] if args.dataset == "both" else [args.dataset]
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    configs = [dict(dataset=d, sn=(m == "SN"), loss=args.loss, iterations=args.iterations,
+                    batch_size=args.batch_size, lr=args.lr, beta1=args.beta1, beta2=args.beta2,
+                    n_dis=args.n_dis, d_activation=args.d_activation, d_init=args.d_init,
+                    d_input_scale=args.d_input_scale,
+                    eval_samples=args.eval_samples, seed=s, device=args.device)
+               for d in datasets for m in args.methods for s in seeds]
+    os.makedirs(args.out, exist_ok=True)
+    print(f"{len(configs)} runs of {args.iterations} iterations ({args.loss} loss, device {args.device}, "
+          f"{args.jobs} job(s)) -> {args.out}", flush=True)
+
+    start = time.time()
+    if args.jobs > 1:
+        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+            results = list(pool.map(partial(run_one, log_every=args.log_every, eval_every=args.eval_every), configs))
+    else:
+        results = [run_one(c, args.log_every, args.eval_every) for c in configs]
+    total_seconds = time.time() - start
+
+    summary, runs, pngs = {}, [], []
+    for dataset in datasets:
+        mixture = toy2d.get_dataset(dataset)
+        summary[dataset] = {}
+        for method in args.methods:
+            group = [r for r in results
+                     if r["config"]["dataset"] == dataset and r["config"]["sn"] == (method == "SN")]
+            summary[dataset][method] = toy2d.summarize([r["metrics"] for r in group])
+            first = group[0]
+            m = first["metrics"]
+            path = os.path.join(args.out, f"scatter_{dataset}_{'sn' if method == 'SN' else 'nosn'}.png")
+            real = mixture.sample(len(first["samples"]), np.random.default_rng(12345))[0]
+            title = (f"{dataset}, npsn {method}, {args.loss}, seed {first['config']['seed']}, "
+                     f"{args.iterations} it: modes {m['modes']}/{mixture.num_modes}, "
+                     f"HQ {100 * m['hq_fraction']:.1f}%, rev. KL {m['reverse_kl']:.3f}")
+            pngs.append(toy2d.save_scatter(path, real, first["samples"], mixture, title=title))
+    for r in results:
+        runs.append({k: v for k, v in r.items() if k != "samples"})
+
+    table = format_table(summary, datasets, args.methods, len(seeds))
+    print()
+    print(table)
+    print(f"\n{len(results)} runs in {total_seconds / 60:.1f} min; scatter plots: {', '.join(pngs)}")
+    with open(os.path.join(args.out, "table.md"), "w") as f:
+        f.write(table + "\n")
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump({"command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+                   "args": vars(args), "total_seconds": total_seconds,
+                   "summary": summary, "published": PUBLISHED, "runs": runs, "scatter_png": pngs},
+                  f, indent=1, allow_nan=True)
+    return summary
+
+
+if __name__ == "__main__":
+    main()
