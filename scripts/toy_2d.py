@@ -78,7 +78,12 @@ def run_one(config_dict, log_every=0, eval_every=0):
     return result
 
 
-def format_table(summary, datasets, methods, seeds):
+def method_label(method, d_input_scale):
+    """"SN" / "no-SN", with D's input scale when it is not 1 (e.g. "SN, D(10x)")."""
+    return method if d_input_scale == 1 else f"{method}, D({d_input_scale:g}x)"
+
+
+def format_table(summary, datasets, methods, seeds, d_input_scale=1.0):
     """The results table (Markdown) with the published rows of each dataset."""
     def pm(mean_std, digits):
         mean, std = mean_std
@@ -88,7 +93,8 @@ def format_table(summary, datasets, methods, seeds):
     for dataset in datasets:
         for method in methods:
             s = summary[dataset][method]
-            lines.append(f"| {dataset} | npsn {method} ({seeds} seeds) | {pm(s['modes'], 1)} | "
+            label = method_label(method, d_input_scale)
+            lines.append(f"| {dataset} | npsn {label} ({seeds} seeds) | {pm(s['modes'], 1)} | "
                          f"{pm(s['hq_percent'], 1)} | {pm(s['reverse_kl'], 3)} |")
         for name, modes, hq in PUBLISHED[dataset]:
             lines.append(f"| {dataset} | {name} | {modes} | {hq} | |")
@@ -140,14 +146,15 @@ def main(argv=None):
             m = first["metrics"]
             path = os.path.join(args.out, f"scatter_{dataset}_{'sn' if method == 'SN' else 'nosn'}.png")
             real = mixture.sample(len(first["samples"]), np.random.default_rng(12345))[0]
-            title = (f"{dataset}, npsn {method}, {args.loss}, seed {first['config']['seed']}, "
+            title = (f"{dataset}, npsn {method_label(method, args.d_input_scale)}, {args.loss}, "
+                     f"seed {first['config']['seed']}, "
                      f"{args.iterations} it: modes {m['modes']}/{mixture.num_modes}, "
                      f"HQ {100 * m['hq_fraction']:.1f}%, rev. KL {m['reverse_kl']:.3f}")
             pngs.append(toy2d.save_scatter(path, real, first["samples"], mixture, title=title))
     for r in results:
         runs.append({k: v for k, v in r.items() if k != "samples"})
 
-    table = format_table(summary, datasets, args.methods, len(seeds))
+    table = format_table(summary, datasets, args.methods, len(seeds), args.d_input_scale)
     print()
     print(table)
     print(f"\n{len(results)} runs in {total_seconds / 60:.1f} min; scatter plots: {', '.join(pngs)}")
