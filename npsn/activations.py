@@ -75,3 +75,22 @@ class Sigmoid(Module):
         y = self.saved().y
         # d sigma(x)/dx = sigma(x) (1 - sigma(x))
         return grad_out * y * (1 - y)
+
+
+class Scale(Module):
+    """y = c x for a fixed constant c (e.g. a critic that sees its input magnified).  dL/dx = c dL/dy."""
+
+    def __init__(self, factor):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x):
+        # y = c x
+        return x * self.factor
+
+    def backward(self, grad_out):
+        # dL/dx = c G
+        return grad_out * self.factor
+
+    def extra_repr(self):
+        return f"factor={self.factor}"

@@ -57,13 +57,14 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from . import backend
-from .activations import LeakyReLU, ReLU
+from .activations import LeakyReLU, ReLU, Scale
 from .batchnorm import BatchNorm1d
 from .linear import Linear
 from .losses import get_loss
 from .module import Sequential
 from .optim import Adam
 from .spectral_norm import SpectralNorm
+from .updates import discriminator_update, generator_update
 
 HQ_THRESHOLD = 3.0  # high quality: within 3 standard deviations of the nearest mode
 
@@ -227,7 +228,8 @@ D_ACTIVATIONS = {"leaky_relu": lambda: LeakyReLU(0.2), "relu": ReLU}
 D_INITS = ("default", "normal")
 
 
-def make_discriminator(in_dim=2, hidden=200, depth=3, sn=True, activation="leaky_relu", init="default", rng=None):
+def make_discriminator(in_dim=2, hidden=200, depth=3, sn=True, activation="leaky_relu", init="default", rng=None,
+                       input_scale=1.0):
     """A 2-D discriminator: ``depth`` x [Linear -> activation] -> Linear(hidden, 1), SN on every Linear if ``sn``.
 
     Args:
@@ -237,6 +239,7 @@ def make_discriminator(in_dim=2, hidden=200, depth=3, sn=True, activation="leaky
         init: "default" (npsn's = PyTorch's U(+-1/sqrt(fan_in)) for weights and biases) or
             "normal" (PacGAN's: weights N(0, 0.02^2), biases 0).
         rng: host generator for weights and SN's initial u, v (default: seed 0).
+        input_scale: s; when not 1 the first layer is ``Scale(s)``, so D sees s x (see :class:`ToyGAN`).
     Returns:
         a :class:`~npsn.module.Sequential`: x (N, in_dim) -> logits (N, 1).
     """
@@ -252,7 +255,7 @@ def make_discriminator(in_dim=2, hidden=200, depth=3, sn=True, activation="leaky
             _init_normal_(layer, rng)
         return SpectralNorm(layer, rng=rng) if sn else layer
 
-    layers, width = [], in_dim
+    layers, width = ([] if input_scale == 1 else [Scale(input_scale)]), in_dim
     for _ in range(depth):
         layers += [linear(width, hidden), D_ACTIVATIONS[activation]()]
         width = hidden
@@ -306,10 +309,10 @@ class ToyGAN:
     the CPU and the GPU (everything random is drawn with NumPy and moved with ``to_device``).
 
     **D's input scale** s = ``config.d_input_scale``: D is applied to s x instead of x, i.e. the
-    critic is x -> D(s x). With SN, D is 1-Lipschitz (at most) in its input, so x -> D(s x) is
+    critic is x -> D(s x) (a :class:`~npsn.activations.Scale` first layer). With SN, D is 1-Lipschitz (at most) in its input, so x -> D(s x) is
     s-Lipschitz in x: a spectrally normalized D on the ring (modes 0.77 apart, std 0.01) can change
     its logit by at most 0.03 across a mode's 3-std disc, and s raises that bound. It is the same
-    as training on data and generator outputs scaled by s. In the G step the chain rule gives
+    as training on data and generator outputs scaled by s; Scale's backward gives the chain rule
     dL/dx = s * dL/d(s x).
     """
 
@@ -323,7 +326,7 @@ class ToyGAN:
         self.data_rng, self.noise_rng = data_rng, noise_rng
         self.G = make_generator(c.z_dim, c.g_hidden, c.g_depth, rng=init_rng).to(c.device)
         self.D = make_discriminator(2, c.d_hidden, c.d_depth, sn=c.sn, activation=c.d_activation,
-                                    init=c.d_init, rng=init_rng).to(c.device)
+                                    init=c.d_init, rng=init_rng, input_scale=c.d_input_scale).to(c.device)
         self.opt_g = Adam(self.G.parameters(), lr=c.lr, betas=(c.beta1, c.beta2))
         self.opt_d = Adam(self.D.parameters(), lr=c.lr, betas=(c.beta1, c.beta2))
         self.d_loss, self.g_loss = get_loss(c.loss)
@@ -339,37 +342,14 @@ class ToyGAN:
         return backend.to_device(self.noise_rng.standard_normal((n, self.config.z_dim)).astype(np.float32),
                                  self.config.device)
 
-    def _d_input(self, x):
-        """s * x, D's input (x itself when s = 1); also the chain-rule factor of G's gradient."""
-        s = self.config.d_input_scale
-        return x if s == 1 else x * s
-
     def d_step(self):
         """One D update on a real and a generated batch (one pass of 2B points); returns the 0-d loss."""
-        xp, b = self.xp, self.config.batch_size
-        x_real = self.real_batch(b)
-        x_fake = self.G(self.sample_z(b))  # G in training mode; no backward through G
-        logits = self.D(self._d_input(xp.concatenate([x_real, x_fake])))
-        loss, grad_real, grad_fake = self.d_loss(logits[:b], logits[b:])
-        self.opt_d.zero_grad()
-        self.D.backward(xp.concatenate([grad_real, grad_fake]))
-        self.opt_d.step()
-        return loss
+        b = self.config.batch_size
+        return discriminator_update(self.G, self.D, self.opt_d, self.d_loss, self.real_batch(b), self.sample_z(b))
 
     def g_step(self):
         """One G update through a frozen D (D's parameter gradients are not computed); returns the 0-d loss."""
-        x_fake = self.G(self.sample_z(self.config.batch_size))
-        self.D.requires_grad_(False)
-        try:
-            loss, grad_logits = self.g_loss(self.D(self._d_input(x_fake)))
-            # dL/dx = s * dL/d(s x)
-            grad_x = self._d_input(self.D.backward(grad_logits))
-        finally:
-            self.D.requires_grad_(True)
-        self.opt_g.zero_grad()
-        self.G.backward(grad_x)
-        self.opt_g.step()
-        return loss
+        return generator_update(self.G, self.D, self.opt_g, self.g_loss, self.sample_z(self.config.batch_size))
 
     def train_iteration(self):
         """``n_dis`` D updates then one G update; returns the two 0-d losses (no host transfer)."""

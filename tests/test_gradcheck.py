@@ -8,6 +8,7 @@ import pytest
 
 import npsn
 from gradcheck import check_module_gradients
+from npsn.activations import Scale
 from npsn.backend import to_device
 
 TOLERANCE = 1e-6
@@ -51,6 +52,7 @@ LAYERS = [
     ("LeakyReLU(0.1)", lambda rng: npsn.LeakyReLU(0.1), (3, 7)),
     ("Tanh", lambda rng: npsn.Tanh(), (3, 7)),
     ("Sigmoid", lambda rng: npsn.Sigmoid(), (3, 7)),
+    ("Scale(2.5)", lambda rng: Scale(2.5), (3, 7)),
     ("Flatten", lambda rng: npsn.Flatten(), (2, 3, 4, 5)),
     ("Reshape", lambda rng: npsn.Reshape(3, 2, 2), (2, 12)),
     ("ToChannelsLast", lambda rng: npsn.ToChannelsLast(), (2, 3, 4, 5)),

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from npsn import toy2d
-from npsn.activations import LeakyReLU, ReLU
+from npsn.activations import LeakyReLU, ReLU, Scale
 from npsn.batchnorm import BatchNorm1d
 from npsn.linear import Linear
 from npsn.spectral_norm import SpectralNorm
@@ -200,7 +200,8 @@ def test_d_input_scale_is_the_chain_rule():
     small = dict(dataset="grid", sn=False, batch_size=16, g_hidden=32, d_hidden=16, seed=5)
     scaled = toy2d.ToyGAN(toy2d.ToyConfig(d_input_scale=2.5, **small))
     folded = toy2d.ToyGAN(toy2d.ToyConfig(**small))
-    folded.D[0].weight.data = scaled.D[0].weight.data * np.float32(2.5)
+    assert isinstance(scaled.D[0], Scale) and scaled.D[0].factor == 2.5  # D = Scale(s), then the MLP
+    folded.D[0].weight.data = scaled.D[1].weight.data * np.float32(2.5)
     assert scaled.g_step() == pytest.approx(folded.g_step(), rel=1e-5)
     for (name, a), (_, b) in zip(scaled.G.named_parameters(), folded.G.named_parameters()):
         np.testing.assert_allclose(a.grad, b.grad, rtol=1e-4, atol=1e-7, err_msg=name)
