@@ -10,6 +10,7 @@ import npsn
 from gradcheck import check_module_gradients
 from npsn.activations import Scale
 from npsn.backend import to_device
+from npsn.resnet_models import discriminator_block, generator_block, optimized_discriminator_block
 
 TOLERANCE = 1e-6
 
@@ -26,14 +27,7 @@ def _bn_with_running_stats(cls, c):
 
 
 def _sn(make_layer):
-    """A SpectralNorm row whose u, v are first converged, so that a finite-difference forward's
-    power-iteration step (from the same restored u, v) moves sigma only to second order."""
-    def build(rng):
-        sn = npsn.SpectralNorm(make_layer(rng), rng=rng)
-        sn.to(dtype=np.float64)
-        sn.power_iteration(3000)
-        return sn
-    return build
+    return lambda rng: npsn.SpectralNorm(make_layer(rng), rng=rng)
 
 
 LAYERS = [
@@ -43,6 +37,8 @@ LAYERS = [
     ("Conv2d(k4,s2,p1)", lambda rng: npsn.Conv2d(3, 4, 4, 2, 1, rng=rng), (2, 6, 6, 3)),
     ("Conv2d(k3,s2,p0,no bias)", lambda rng: npsn.Conv2d(2, 3, 3, 2, 0, bias=False, rng=rng), (2, 7, 7, 2)),
     ("Conv2d(k1)", lambda rng: npsn.Conv2d(3, 2, 1, rng=rng), (2, 3, 3, 3)),
+    ("Conv2d(k3,s1,p1,O<C)", lambda rng: npsn.Conv2d(4, 2, 3, 1, 1, rng=rng), (2, 5, 5, 4)),  # the flipped-scatter path
+    ("Conv2d(k3,s1,p0,O<C)", lambda rng: npsn.Conv2d(3, 2, 3, 1, 0, rng=rng), (2, 5, 4, 3)),
     ("ConvTranspose2d(k4,s2,p1)", lambda rng: npsn.ConvTranspose2d(3, 4, 4, 2, 1, rng=rng), (2, 3, 3, 3)),
     ("ConvTranspose2d(k3,s1,p1)", lambda rng: npsn.ConvTranspose2d(3, 2, 3, 1, 1, rng=rng), (2, 4, 4, 3)),
     ("ConvTranspose2d(k3,s2,p0)", lambda rng: npsn.ConvTranspose2d(2, 3, 3, 2, 0, rng=rng), (1, 3, 3, 2)),
@@ -67,6 +63,10 @@ LAYERS = [
     ("Residual(conv shortcut)", lambda rng: npsn.Residual(
         npsn.Sequential(npsn.Conv2d(3, 4, 3, 1, 1, rng=rng), npsn.Tanh(), npsn.AvgPool2d(2)),
         npsn.Sequential(npsn.Conv2d(3, 4, 1, rng=rng), npsn.AvgPool2d(2))), (2, 4, 4, 3)),
+    ("ResNet G block", lambda rng: generator_block(3, 2, rng), (2, 2, 2, 3)),
+    ("ResNet D block(down)", lambda rng: discriminator_block(2, 3, rng, sn=True, downsample=True), (2, 4, 4, 2)),
+    ("ResNet D block", lambda rng: discriminator_block(3, 3, rng, sn=False), (2, 3, 3, 3)),
+    ("ResNet optimized D block", lambda rng: optimized_discriminator_block(3, 2, rng, sn=False), (2, 4, 4, 3)),
     ("SpectralNorm(Linear)", _sn(lambda rng: npsn.Linear(5, 4, rng=rng)), (3, 5)),
     ("SpectralNorm(Conv2d)", _sn(lambda rng: npsn.Conv2d(3, 4, 3, 2, 1, rng=rng)), (2, 5, 5, 3)),
     ("SpectralNorm(ConvTranspose2d)", _sn(lambda rng: npsn.ConvTranspose2d(3, 2, 4, 2, 1, rng=rng)), (2, 3, 3, 3)),
@@ -76,6 +76,14 @@ LAYERS = [
 def build_case(builder, shape, mode, device, seed=0):
     rng = np.random.default_rng(seed)
     module = builder(rng).to(device, dtype=np.float64)
+    for name, p in module.named_parameters():
+        if name.endswith("bias"):  # zero biases would put ReLUs exactly on their kink, where differences lie
+            p.data = to_device(0.5 * rng.standard_normal(p.data.shape), device)
+    for m in module.modules():
+        # SN's u, v are converged first, so that a finite-difference forward's power-iteration step
+        # (from the same restored u, v) moves sigma only to second order
+        if isinstance(m, npsn.SpectralNorm):
+            m.power_iteration(3000)
     module.train(mode == "train")
     x = to_device(rng.standard_normal(shape), device)
     return module, x
