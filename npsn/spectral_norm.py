@@ -53,6 +53,9 @@ def _normalize(x, eps):
     return x / xp.maximum(xp.linalg.norm(x), eps)
 
 
+INIT_POWER_ITERATIONS = 15
+
+
 class SpectralNorm(Module):
     """Wrap a layer that has a ``weight`` so that it computes with W_SN = W / sigma(W).
 
@@ -65,7 +68,8 @@ class SpectralNorm(Module):
     Let W be the weight as an (h, w) matrix (:func:`reshape_weight_to_matrix`).
 
     **Invariant between calls.** ``weight_u`` (h,) and ``weight_v`` (w,) are unit vectors, the
-    current power-iteration estimates of W's top left and right singular vectors. After a forward,
+    current power-iteration estimates of W's top left and right singular vectors (initialized as
+    normalized Gaussian vectors, then refined by 15 steps on the initial W). After a forward,
     ``sigma = u^T W v`` with exactly those u, v, and the wrapped layer computed with W / sigma.
     In training mode each forward first runs ``n_power_iterations`` of
     ``v <- normalize(W^T u), u <- normalize(W v)`` and stores u, v (the persistent vectors of
@@ -115,6 +119,9 @@ class SpectralNorm(Module):
         self.register_buffer("weight_v", (v / max(np.linalg.norm(v), eps)).astype(layer.weight.data.dtype))
         object.__setattr__(self, "_sigma", None)
         object.__setattr__(self, "last_input_shape", None)
+        # A few steps at construction (as torch.nn.utils.parametrizations.spectral_norm does) make
+        # sigma = u^T W v > 0 from the start, so even an untrained layer in eval mode is well defined.
+        self.power_iteration(INIT_POWER_ITERATIONS)
 
     # ------------------------------------------------------------------ power iteration
     def power_iteration(self, n_iterations=None):

@@ -137,8 +137,9 @@ def test_converged_gradient_matches_finite_difference_through_svd(case, top_gap)
 
 def test_u_v_update_in_training_mode_only(device):
     rng = np.random.default_rng(0)
-    sn = npsn.spectral_norm(npsn.Conv2d(3, 5, 3, padding=1, rng=rng), rng=rng).to(device)
-    x = to_device(rng.standard_normal((2, 4, 4, 3)).astype(np.float32), device)
+    # a wide layer: 15 power-iteration steps at construction leave u, v far from converged
+    sn = npsn.spectral_norm(npsn.Conv2d(32, 64, 3, padding=1, rng=rng), rng=rng).to(device)
+    x = to_device(rng.standard_normal((2, 4, 4, 32)).astype(np.float32), device)
     u0, v0 = to_numpy(sn.weight_u).copy(), to_numpy(sn.weight_v).copy()
     sn.train()
     sn(x)
@@ -193,6 +194,13 @@ def test_zero_weight_gives_no_nan(device):
         g = sn.backward(y * 0 + 1)
     for array in (y, g, sn.weight_orig.grad, sn.weight_u, sn.weight_v, sn.sigma):
         assert np.all(np.isfinite(to_numpy(array)))
+
+
+def test_untrained_layer_is_well_defined_in_eval_mode():
+    rng = np.random.default_rng(4)
+    sn = npsn.spectral_norm(npsn.Linear(50, 40, rng=rng), rng=rng).eval()
+    assert float(sn.sigma) > 0
+    assert np.all(np.isfinite(sn(rng.standard_normal((3, 50)).astype(np.float32))))
 
 
 def test_dim_is_chosen_from_the_layer():
