@@ -1,5 +1,6 @@
 """Elementwise activations. Each keeps its output (or a mask) for backward; shapes are unchanged."""
 from .backend import get_array_module
+from .losses import sigmoid
 from .module import Module
 
 
@@ -64,10 +65,7 @@ class Sigmoid(Module):
     """y = 1 / (1 + exp(-x)), computed without overflow.  dL/dx = dL/dy * y (1 - y)."""
 
     def forward(self, x):
-        xp = get_array_module(x)
-        # exp(-|x|) <= 1 never overflows; sigma(x) = 1/(1+e) for x >= 0 and e/(1+e) for x < 0.
-        e = xp.exp(-xp.abs(x))
-        y = xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
+        y = sigmoid(x)  # the overflow-free form shared with the losses
         self.save_for_backward(y=y)
         return y
 

@@ -59,11 +59,13 @@ from PIL import Image, ImageDraw
 from . import backend
 from .activations import LeakyReLU, ReLU, Scale
 from .batchnorm import BatchNorm1d
+from .cnn_models import init_normal
 from .linear import Linear
 from .losses import get_loss
 from .module import Sequential
 from .optim import Adam
 from .spectral_norm import SpectralNorm
+from .trainer import TrainingDiverged
 from .updates import discriminator_update, generator_update
 
 HQ_THRESHOLD = 3.0  # high quality: within 3 standard deviations of the nearest mode
@@ -191,14 +193,6 @@ def mode_metrics(samples, mixture, threshold=HQ_THRESHOLD):
 # ---------------------------------------------------------------------- models
 
 
-def _init_normal_(linear, rng, std=0.02):
-    """Set a Linear's weight to N(0, std^2) and its bias to 0 (PacGAN's initialization); returns it."""
-    linear.weight.data = (std * rng.standard_normal(linear.weight.shape)).astype(np.float32)
-    if linear.bias is not None:
-        linear.bias.data = np.zeros(linear.bias.shape, dtype=np.float32)
-    return linear
-
-
 def make_generator(z_dim=2, hidden=400, depth=4, out_dim=2, bn_momentum=0.05, rng=None):
     """PacGAN's 2-D generator: ``depth`` x [Linear(no bias) -> BatchNorm1d -> ReLU] -> Linear(hidden, 2).
 
@@ -215,10 +209,10 @@ def make_generator(z_dim=2, hidden=400, depth=4, out_dim=2, bn_momentum=0.05, rn
     rng = rng if rng is not None else np.random.default_rng(0)
     layers, width = [], z_dim
     for _ in range(depth):
-        layers += [_init_normal_(Linear(width, hidden, bias=False, rng=rng), rng),
+        layers += [init_normal(Linear(width, hidden, bias=False, rng=rng), rng),
                    BatchNorm1d(hidden, momentum=bn_momentum), ReLU()]
         width = hidden
-    layers.append(_init_normal_(Linear(width, out_dim, rng=rng), rng))
+    layers.append(init_normal(Linear(width, out_dim, rng=rng), rng))
     return Sequential(*layers)
 
 
@@ -252,7 +246,7 @@ def make_discriminator(in_dim=2, hidden=200, depth=3, sn=True, activation="leaky
     def linear(a, b):
         layer = Linear(a, b, rng=rng)
         if init == "normal":
-            _init_normal_(layer, rng)
+            init_normal(layer, rng)
         return SpectralNorm(layer, rng=rng) if sn else layer
 
     layers, width = ([] if input_scale == 1 else [Scale(input_scale)]), in_dim
@@ -295,10 +289,6 @@ class ToyConfig:
     def method(self):
         """Short name of the D variant: "SN" or "no-SN"."""
         return "SN" if self.sn else "no-SN"
-
-
-class TrainingDiverged(RuntimeError):
-    """A loss became NaN or infinite."""
 
 
 class ToyGAN:
