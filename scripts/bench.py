@@ -38,9 +38,12 @@ one device-to-host copy of the two losses per iteration. On the GPU, TF32 is tur
 so that both sides compute in float32.
 
 **Threads.** ``--threads N`` sets OMP/OPENBLAS/MKL_NUM_THREADS before NumPy is imported, limits
-every BLAS and OpenMP pool with threadpoolctl when it is installed, and calls
+every BLAS and OpenMP pool with threadpoolctl when it is installed, sets npsn's host threads
+(:func:`npsn.threads.set_num_threads`, which split im2col/col2im and elementwise kernels) and calls
 ``torch.set_num_threads(N)``. Without it each library keeps its default. The BLAS in use and its
-thread count are reported.
+thread count are reported. ``OPENBLAS_THREAD_TIMEOUT=4`` (:data:`npsn.threads.BLAS_ENVIRONMENT`)
+is set, unless already set, so that OpenBLAS's idle threads sleep at once rather than spin while
+npsn's host threads work (``scripts/train_cifar.py`` sets it too).
 
 **Allocator** (``--malloc``, Linux/glibc). A training step allocates and frees arrays of hundreds
 of MB (im2col matrices, activations). glibc serves blocks that large with ``mmap`` and ``munmap`` s
@@ -89,6 +92,8 @@ PHASES = (
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 # glibc reads these at start-up; --malloc restarts the process with exactly one of these sets.
 MALLOC_VARIABLES = ("MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
+# npsn.threads.BLAS_ENVIRONMENT (copied: it must be set before NumPy, hence npsn, is imported)
+BLAS_ENVIRONMENT = {"OPENBLAS_THREAD_TIMEOUT": "4"}
 MALLOC_SETTINGS = {
     "default": {},
     "no-trim": {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)},
@@ -166,6 +171,8 @@ def configure_process(args):
     if args.threads is not None:
         for name in THREAD_VARIABLES:
             os.environ[name] = str(args.threads)
+    for name, value in BLAS_ENVIRONMENT.items():  # npsn.threads.BLAS_ENVIRONMENT; read when NumPy loads OpenBLAS
+        os.environ.setdefault(name, value)
     if not is_glibc():
         return
     wanted = MALLOC_SETTINGS[args.malloc]
@@ -183,9 +190,11 @@ def configure_process(args):
 
 
 def limit_threads(n):
-    """Limit every BLAS/OpenMP pool loaded so far to ``n`` threads (threadpoolctl), and PyTorch's if imported."""
+    """Limit every BLAS/OpenMP pool loaded so far, npsn's host threads and PyTorch's (if imported) to ``n`` threads."""
     if n is None:
         return
+    from npsn import threads
+    threads.set_num_threads(n)
     try:
         import threadpoolctl
         threadpoolctl.threadpool_limits(limits=n)
@@ -699,6 +708,7 @@ def environment_report(args, torch):
     import numpy as np
 
     import npsn
+    from npsn import threads as npsn_threads
 
     def git(*command):
         try:
@@ -729,7 +739,8 @@ def environment_report(args, torch):
         "batch_size": args.batch_size, "versions": versions, "settle_s": args.settle,
         "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "git": {"commit": git("rev-parse", "--short", "HEAD"), "npsn_modified": bool(git("status", "--porcelain", "--", "npsn"))},
-        "threads": {"requested": args.threads, "pools": thread_pools(),
+        "threads": {"requested": args.threads, "pools": thread_pools(), "npsn": npsn_threads.num_threads(),
+                    "blas_environment": {k: os.environ.get(k) for k in BLAS_ENVIRONMENT},
                     "torch": torch.get_num_threads() if torch is not None else None},
         "malloc": {"mode": args.malloc if is_glibc() else "unchanged (not glibc)",
                    "environment": {k: os.environ[k] for k in MALLOC_VARIABLES if k in os.environ},

@@ -16,11 +16,15 @@ import signal
 import sys
 import time
 
-from npsn import backend
-from npsn.allocator import keep_freed_memory
-from npsn.cifar10 import CIFAR10Error, download_cifar10, load_cifar10
-from npsn.models import MODELS
-from npsn.trainer import PRESETS, Trainer, TrainingDiverged, TrainConfig, preset_config
+# Before NumPy loads OpenBLAS: its idle threads sleep at once instead of spinning, leaving the
+# cores to npsn's host threads (npsn.threads.BLAS_ENVIRONMENT; measured in that module's docstring).
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+from npsn import backend  # noqa: E402 (after the environment above)
+from npsn.allocator import keep_freed_memory  # noqa: E402
+from npsn.cifar10 import CIFAR10Error, download_cifar10, load_cifar10  # noqa: E402
+from npsn.models import MODELS  # noqa: E402
+from npsn.trainer import PRESETS, Trainer, TrainingDiverged, TrainConfig, preset_config  # noqa: E402
 
 
 def parse_args(argv=None):
