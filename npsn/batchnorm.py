@@ -3,6 +3,7 @@ import numpy as np
 
 from .backend import get_array_module
 from .module import Module, Parameter
+from .threads import parallel_chunks
 
 
 class _BatchNorm(Module):
@@ -59,11 +60,20 @@ class _BatchNorm(Module):
                              f"with {self.num_features} channels last, got shape {tuple(x.shape)}")
         xp = get_array_module(x)
         axes = tuple(range(x.ndim - 1))
+        # Elementwise passes are split over the batch between host threads (npsn.threads); the
+        # reductions over all but the channel axis are not (their result would then depend on the split).
+        x_hat, y = xp.empty_like(x), xp.empty_like(x)
         if self.training:
             count = x.size // x.shape[-1]
             mean = x.mean(axis=axes)
-            centered = x - mean
-            var = (centered * centered).mean(axis=axes)
+
+            def center(a, b):
+                # x - mu (normalized in place below), and (x - mu)^2 in y until y is computed
+                xp.subtract(x[a:b], mean, out=x_hat[a:b])
+                xp.multiply(x_hat[a:b], x_hat[a:b], out=y[a:b])
+
+            parallel_chunks(x, center)
+            var = y.mean(axis=axes)
             # running <- (1 - m) running + m batch_stat, with the unbiased variance M/(M-1) var
             m = self.momentum
             self.running_mean = (1 - m) * self.running_mean + m * mean.astype(self.running_mean.dtype)
@@ -71,23 +81,33 @@ class _BatchNorm(Module):
             self.running_var = (1 - m) * self.running_var + m * unbiased.astype(self.running_var.dtype)
             self.num_batches_tracked = self.num_batches_tracked + 1
         else:
-            centered = x - self.running_mean.astype(x.dtype)
+            mean = self.running_mean.astype(x.dtype)
+            parallel_chunks(x, lambda a, b: xp.subtract(x[a:b], mean, out=x_hat[a:b]))
             var = self.running_var.astype(x.dtype)
-        # x_hat = (x - mu) / sqrt(var + eps)
         inv_std = 1 / xp.sqrt(var + self.eps)
-        x_hat = centered * inv_std
+
+        def normalize(a, b):
+            # x_hat = (x - mu) / sqrt(var + eps)
+            x_hat[a:b] *= inv_std
+            if self.affine:
+                # y = gamma x_hat + beta
+                xp.multiply(x_hat[a:b], self.weight.data, out=y[a:b])
+                y[a:b] += self.bias.data
+
+        parallel_chunks(x, normalize)
         self.save_for_backward(x_hat=x_hat, inv_std=inv_std, used_batch_stats=self.training)
-        if not self.affine:
-            return x_hat
-        # y = gamma x_hat + beta
-        return x_hat * self.weight.data + self.bias.data
+        return y if self.affine else x_hat
 
     def backward(self, grad_out):
+        xp = get_array_module(grad_out)
         saved = self.saved()
         x_hat, inv_std = saved.x_hat, saved.inv_std
         axes = tuple(range(grad_out.ndim - 1))
+        grad_in = xp.empty_like(grad_out)
         sum_g = grad_out.sum(axis=axes)
-        sum_g_xhat = (grad_out * x_hat).sum(axis=axes)
+        # G x_hat, in grad_in until dL/dx is computed
+        parallel_chunks(grad_out, lambda a, b: xp.multiply(grad_out[a:b], x_hat[a:b], out=grad_in[a:b]))
+        sum_g_xhat = grad_in.sum(axis=axes)
         if self.affine:
             if self.weight.requires_grad:
                 # dL/dgamma = sum G x_hat
@@ -98,12 +118,22 @@ class _BatchNorm(Module):
             scale = self.weight.data * inv_std
         else:
             scale = inv_std
-        if not saved.used_batch_stats:
-            # eval: y is affine in x, dL/dx = G gamma / sqrt(running_var + eps)
-            return grad_out * scale
         count = grad_out.size // grad_out.shape[-1]
-        # dL/dx = gamma inv_std / M * (M G - sum G - x_hat sum(G x_hat))
-        return (scale / count) * (count * grad_out - sum_g - x_hat * sum_g_xhat)
+
+        def input_grad(a, b):
+            g, out = grad_out[a:b], grad_in[a:b]
+            if not saved.used_batch_stats:
+                # eval: y is affine in x, dL/dx = G gamma / sqrt(running_var + eps)
+                xp.multiply(g, scale, out=out)
+                return
+            # dL/dx = gamma inv_std / M * (M G - sum G - x_hat sum(G x_hat))
+            xp.multiply(g, count, out=out)
+            out -= sum_g
+            out -= x_hat[a:b] * sum_g_xhat
+            out *= scale / count
+
+        parallel_chunks(grad_out, input_grad)
+        return grad_in
 
     def extra_repr(self):
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}"
