@@ -22,6 +22,7 @@ import math
 from . import backend
 from .backend import get_array_module
 from .module import Parameter
+from .threads import parallel_chunks
 
 
 class Optimizer:
@@ -226,26 +227,35 @@ class Adam(Optimizer):
             state["exp_avg"] = xp.zeros_like(p.data)
             state["exp_avg_sq"] = xp.zeros_like(p.data)
         m, v = state["exp_avg"], state["exp_avg_sq"]
-        # g = grad + lambda * p   (a new array: p.grad itself is never modified)
-        g = p.grad if self.weight_decay == 0 else p.grad + self.weight_decay * p.data
         state["step"] += 1
         t = state["step"]
-        # m_t = beta1 * m_{t-1} + (1 - beta1) * g
-        m *= self.beta1
-        m += (1 - self.beta1) * g
-        # v_t = beta2 * v_{t-1} + (1 - beta2) * g^2
-        v *= self.beta2
-        v += (1 - self.beta2) * (g * g)
-        bias_correction1 = 1 - self.beta1**t
-        bias_correction2 = 1 - self.beta2**t
-        # denom = sqrt(v_t) / sqrt(1 - beta2^t) + eps
-        denom = xp.sqrt(v)
-        denom /= math.sqrt(bias_correction2)
-        denom += self.eps
-        # p <- p - (lr / (1 - beta1^t)) * m_t / denom   (the quotient overwrites denom)
-        update = xp.divide(m, denom, out=denom)
-        update *= self.lr / bias_correction1
-        p.data -= update
+        step_size = self.lr / (1 - self.beta1**t)
+        sqrt_bias_correction2 = math.sqrt(1 - self.beta2**t)
+
+        def update(rows):  # the parameter's rows[rows] (elementwise, so any split gives the same result)
+            data, grad, m_rows, v_rows = p.data[rows], p.grad[rows], m[rows], v[rows]
+            # g = grad + lambda * p   (a new array: p.grad itself is never modified)
+            g = grad if self.weight_decay == 0 else grad + self.weight_decay * data
+            # m_t = beta1 * m_{t-1} + (1 - beta1) * g
+            m_rows *= self.beta1
+            m_rows += (1 - self.beta1) * g
+            # v_t = beta2 * v_{t-1} + (1 - beta2) * g^2
+            v_rows *= self.beta2
+            v_rows += (1 - self.beta2) * (g * g)
+            # denom = sqrt(v_t) / sqrt(1 - beta2^t) + eps
+            denom = xp.sqrt(v_rows)
+            denom /= sqrt_bias_correction2
+            denom += self.eps
+            # p <- p - (lr / (1 - beta1^t)) * m_t / denom   (the quotient overwrites denom)
+            step = xp.divide(m_rows, denom, out=denom)
+            step *= step_size
+            data -= step
+
+        if p.data.ndim:
+            # split over the first axis between host threads (npsn.threads)
+            parallel_chunks(p.data, lambda a, b: update(slice(a, b)))
+        else:
+            update(...)  # a 0-d parameter
 
 
 class SGD(Optimizer):
