@@ -10,7 +10,7 @@ from .batchnorm import BatchNorm1d, BatchNorm2d
 from .conv import Conv2d, ConvTranspose2d, col2im, im2col
 from .init import manual_seed
 from .linear import Linear
-from .module import BackwardWithoutForwardError, Module, Parameter, Sequential
+from .module import BackwardWithoutForwardError, Module, Parameter, Sequential, input_grad
 from .pooling import AvgPool2d, GlobalSumPool2d, Upsample
 from .reshape import Flatten, Reshape, ToChannelsFirst, ToChannelsLast
 from .residual import Residual

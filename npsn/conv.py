@@ -143,8 +143,8 @@ def gather_forward(x, weight, stride, padding):
     return (cols @ weight_rows(weight).T).reshape(n, ho, wo, weight.shape[0]), cols
 
 
-def gather_backward(grad_out, cols, weight, input_hw, stride, padding, weight_grad=True):
-    """Gradients of :func:`gather_forward`: (dL/dx, dL/dweight or None).
+def gather_backward(grad_out, cols, weight, input_hw, stride, padding, weight_grad=True, input_grad=True):
+    """Gradients of :func:`gather_forward`: (dL/dx or None, dL/dweight or None).
 
     dL/dW_mat = X^T G,   dL/dx = col2im(G W_mat^T).
     """
@@ -153,6 +153,8 @@ def gather_backward(grad_out, cols, weight, input_hw, stride, padding, weight_gr
     g = grad_out.reshape(n * ho * wo, o)
     # dL/dW_mat^T = G^T X, folded back to (O, C, k, k)
     grad_weight = weight_from_rows(g.T @ cols, weight.shape) if weight_grad else None
+    if not input_grad:
+        return None, grad_weight
     # dL/dx = col2im(G W_mat^T)
     grad_cols = (g @ weight_rows(weight)).reshape(n, ho, wo, k, k, weight.shape[1])
     return col2im(grad_cols, *input_hw, stride, padding), grad_weight
@@ -171,8 +173,8 @@ def scatter_forward(x, weight, stride, padding):
     return col2im(cols, (h - 1) * stride - 2 * padding + k, (w - 1) * stride - 2 * padding + k, stride, padding), x_mat
 
 
-def scatter_backward(grad_out, x_mat, weight, stride, padding, weight_grad=True):
-    """Gradients of :func:`scatter_forward`: (dL/dx, dL/dweight or None).
+def scatter_backward(grad_out, x_mat, weight, stride, padding, weight_grad=True, input_grad=True):
+    """Gradients of :func:`scatter_forward`: (dL/dx or None, dL/dweight or None).
 
     With Gc = im2col(G) (im2col is col2im's adjoint):  dL/dX = Gc W_mat,  dL/dW_mat = Gc^T X.
     """
@@ -183,6 +185,8 @@ def scatter_backward(grad_out, x_mat, weight, stride, padding, weight_grad=True)
     grad_cols = grad_cols.reshape(n * h * w, -1)
     # dL/dW_mat^T = X^T Gc, folded back to (C, O, k, k)
     grad_weight = weight_from_rows(x_mat.T @ grad_cols, weight.shape) if weight_grad else None
+    if not input_grad:
+        return None, grad_weight
     # dL/dX = Gc W_mat
     return (grad_cols @ weight_rows(weight).T).reshape(n, h, w, weight.shape[0]), grad_weight
 
@@ -262,11 +266,11 @@ class Conv2d(_ConvBase):
         if self.scatter:
             flipped_padding = self.kernel_size - 1 - self.padding
             grad_in, grad_flipped = scatter_backward(grad_out, saved.x_mat, _flip(self.weight.data), 1,
-                                                     flipped_padding, need)
+                                                     flipped_padding, need, self.needs_input_grad)
             grad_weight = None if grad_flipped is None else _flip(grad_flipped)
         else:
             grad_in, grad_weight = gather_backward(grad_out, saved.cols, self.weight.data, saved.input_hw,
-                                                   self.stride, self.padding, need)
+                                                   self.stride, self.padding, need, self.needs_input_grad)
         self._accumulate_grads(grad_out, grad_weight)
         return grad_in
 
@@ -308,6 +312,6 @@ class ConvTranspose2d(_ConvBase):
     def backward(self, grad_out):
         x_mat = self.saved().x_mat
         grad_in, grad_weight = scatter_backward(grad_out, x_mat, self.weight.data, self.stride, self.padding,
-                                                self.weight.requires_grad)
+                                                self.weight.requires_grad, self.needs_input_grad)
         self._accumulate_grads(grad_out, grad_weight)
         return grad_in

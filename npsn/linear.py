@@ -48,6 +48,8 @@ class Linear(Module):
         if self.bias is not None and self.bias.requires_grad:
             # dL/db = sum_n G_n
             self.bias.accumulate_grad(grad_out.sum(axis=0))
+        if not self.needs_input_grad:
+            return None
         # dL/dx = G W
         return grad_out @ self.weight.data
 

@@ -6,7 +6,8 @@ A :class:`Module` has
   attributes of a cache, exactly what its backward needs;
 * ``backward(grad_out) -> grad_in``: consumes that cache, returns dL/dx and *adds*
   dL/dp into each parameter's ``.grad`` (like ``loss.backward()`` in PyTorch, gradients
-  accumulate until :meth:`Module.zero_grad`);
+  accumulate until :meth:`Module.zero_grad`); inside ``with input_grad(module, False)`` it
+  returns None and the layers that can skip dL/dx do;
 * ``parameters()``, ``named_parameters()``, ``zero_grad()``, ``train()``/``eval()``,
   ``to(device, dtype)``, ``state_dict()``/``load_state_dict()`` with PyTorch's names.
 
@@ -15,6 +16,7 @@ follow its own forward (like a PyTorch graph freed after ``backward()``); callin
 ``backward`` without one raises :class:`BackwardWithoutForwardError`.
 """
 from collections import OrderedDict
+from contextlib import contextmanager
 from types import SimpleNamespace
 
 import numpy as np
@@ -59,6 +61,24 @@ class Parameter:
         return f"Parameter(shape={tuple(self.data.shape)}, dtype={self.data.dtype}, device={backend.device_of(self.data)})"
 
 
+@contextmanager
+def input_grad(module, needed):
+    """Within the block, ``module.needs_input_grad`` is ``needed`` (the previous value is restored after).
+
+    ``with input_grad(D, False): D.backward(g)`` computes D's parameter gradients only, as PyTorch
+    does for an input that does not require a gradient (the discriminator update's images).
+    """
+    before = module.__dict__.get("needs_input_grad")
+    object.__setattr__(module, "needs_input_grad", needed)
+    try:
+        yield module
+    finally:
+        if before is None:
+            del module.__dict__["needs_input_grad"]
+        else:
+            object.__setattr__(module, "needs_input_grad", before)
+
+
 class Module:
     """Base class of every layer and model.
 
@@ -67,6 +87,10 @@ class Module:
     (non-trainable arrays saved in the ``state_dict``, e.g. BatchNorm's running
     statistics) are registered with :meth:`register_buffer`.
     """
+
+    #: When False, :meth:`backward` returns None instead of dL/dx, and layers that can skip computing
+    #: it do (PyTorch's ``ctx.needs_input_grad``); set for a block with :func:`input_grad`.
+    needs_input_grad = True
 
     def __init__(self):
         object.__setattr__(self, "_parameters", OrderedDict())
@@ -269,6 +293,13 @@ class Sequential(Module):
         return x
 
     def backward(self, grad_out):
-        for layer in reversed(self._modules.values()):
-            grad_out = layer.backward(grad_out)
-        return grad_out
+        layers = list(self._modules.values())
+        first = 0
+        if not self.needs_input_grad:
+            # The layers before the first one with parameters only pass dL/dx back: skip them,
+            # and let that one skip dL/dx too.
+            first = next((i for i, layer in enumerate(layers) if any(True for _ in layer.parameters())), len(layers))
+        for i in reversed(range(first, len(layers))):
+            with input_grad(layers[i], self.needs_input_grad or i > first):
+                grad_out = layers[i].backward(grad_out)
+        return grad_out if self.needs_input_grad else None

@@ -7,7 +7,7 @@ import numpy as np
 
 from . import init
 from .backend import get_array_module, to_numpy
-from .module import Module, Parameter
+from .module import Module, Parameter, input_grad
 
 
 def weight_matrix_dim(layer):
@@ -168,7 +168,8 @@ class SpectralNorm(Module):
 
     def backward(self, grad_out):
         saved = self.saved()
-        grad_in = self.module.backward(grad_out)
+        with input_grad(self.module, self.needs_input_grad):
+            grad_in = self.module.backward(grad_out)
         if self.weight_orig.requires_grad:
             xp = get_array_module(saved.w_sn)
             G = reshape_weight_to_matrix(self.module.weight.grad, self.dim)

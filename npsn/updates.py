@@ -4,6 +4,7 @@ Each takes the models, one optimizer and a loss pair from :mod:`npsn.losses`, an
 0-d loss (no host transfer).
 """
 from .backend import get_array_module
+from .module import input_grad
 
 
 def discriminator_update(G, D, opt_d, d_loss, x_real, z):
@@ -19,7 +20,8 @@ def discriminator_update(G, D, opt_d, d_loss, x_real, z):
     logits = D(xp.concatenate([x_real, x_fake]))
     loss, grad_real, grad_fake = d_loss(logits[:b], logits[b:])
     opt_d.zero_grad()
-    D.backward(xp.concatenate([grad_real, grad_fake]))
+    with input_grad(D, False):  # the images need no gradient: D's first layer skips dL/dx
+        D.backward(xp.concatenate([grad_real, grad_fake]))
     opt_d.step()
     return loss
 

@@ -91,3 +91,35 @@ def test_to_casts_floats_and_keeps_integer_buffers():
     state = net.state_dict()
     assert state["0.weight_orig"].dtype == np.float64 and state["1.running_var"].dtype == np.float64
     assert state["1.num_batches_tracked"].dtype == np.int64
+
+
+def _input_grad_cases(rng):
+    return {
+        "Linear": (npsn.Linear(5, 3, rng=rng), (4, 5)),
+        "Conv2d (gather)": (npsn.Conv2d(3, 4, 3, padding=1, rng=rng), (2, 5, 5, 3)),
+        "Conv2d (flipped scatter)": (npsn.Conv2d(4, 2, 3, padding=1, rng=rng), (2, 5, 5, 4)),
+        "ConvTranspose2d": (npsn.ConvTranspose2d(3, 2, 4, 2, 1, rng=rng), (2, 3, 3, 3)),
+        "SN(Conv2d)": (npsn.spectral_norm(npsn.Conv2d(3, 4, 4, 2, 1, rng=rng), rng=rng), (2, 6, 6, 3)),
+        "Sequential": (npsn.Sequential(npsn.ToChannelsLast(), npsn.spectral_norm(npsn.Conv2d(3, 4, 3, rng=rng), rng=rng),
+                                       npsn.LeakyReLU(0.1), npsn.Flatten(), npsn.Linear(36, 1, rng=rng)), (2, 3, 5, 5)),
+    }
+
+
+@pytest.mark.parametrize("name", list(_input_grad_cases(np.random.default_rng(0))))
+def test_backward_without_input_grad_gives_the_same_parameter_gradients(name):
+    """input_grad(module, False): backward returns None, parameter gradients are unchanged, the flag is restored."""
+    module, shape = _input_grad_cases(np.random.default_rng(0))[name]
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(shape)
+    module.to("cpu", np.float64).eval()  # eval: SN's u and v stay fixed between the two forwards
+    g = rng.standard_normal(module(x).shape)
+    full = module.backward(g)
+    assert full is not None and full.shape == x.shape
+    expected = {n: p.grad.copy() for n, p in module.named_parameters()}
+    module.zero_grad()
+    module(x)
+    with npsn.input_grad(module, False):
+        assert module.backward(g) is None
+    assert module.needs_input_grad and "needs_input_grad" not in module.__dict__
+    for n, p in module.named_parameters():
+        np.testing.assert_array_equal(p.grad, expected[n], err_msg=n)
