@@ -202,7 +202,13 @@ class _ConvBase(Module):
 
     def _add_bias(self, y):
         if self.bias is not None:
-            y += self.bias.data
+            bias = self.bias.data
+
+            def work(a, b):
+                # y = (x * W) + b, in place, split over the batch between host threads
+                y[a:b] += bias
+
+            parallel_chunks(y, work)
         return y
 
     def _accumulate_grads(self, grad_out, grad_weight):
