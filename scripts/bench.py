@@ -62,6 +62,10 @@ training iterations (the second one has Adam's moments as well as the step's tem
 that neither side's freed-but-kept memory inflates the other's; ``--memory off`` skips it. The
 torch process builds the npsn models it copies the weights from and releases them before training.
 
+**Breakdown** (``--breakdown``): npsn's iteration time split into the convolutions' matrix
+products (BLAS), im2col/col2im copies, and everything else (:func:`time_breakdown`), with the
+products' share of PyTorch's whole iteration when comparing.
+
 **Output**: a table per model, then one JSON line with every number (``--json-only``: the JSON only).
 NumPy, npsn and PyTorch are imported inside functions, after the thread and allocator settings.
 """
@@ -142,6 +146,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, help="BLAS/OpenMP/PyTorch threads for both sides (default: libraries' own)")
     p.add_argument("--malloc", choices=tuple(MALLOC_SETTINGS), default="no-trim", help="glibc allocator setting")
     p.add_argument("--memory", choices=("probe", "off"), default="probe", help="peak memory in fresh processes")
+    p.add_argument("--breakdown", action="store_true",
+                   help="also split npsn's iteration time into convolution matrix products, im2col/col2im and the rest")
     p.add_argument("--g-ch", type=int, help="generator width (default: the paper's; small values for smoke tests)")
     p.add_argument("--d-ch", type=int, help="discriminator width (default: the paper's)")
     p.add_argument("--seed", type=int, default=0)
@@ -336,6 +342,61 @@ class NpsnSide:
 
     def iteration(self):
         return self.trainer.train_iteration()
+
+
+def time_breakdown(side, repeats, warmup):
+    """Where npsn's iteration time goes: seconds per iteration in three disjoint parts (medians).
+
+    * ``matrix_products``: inside the convolution kernels (:mod:`npsn.conv`'s gather/scatter
+      forward and backward) minus the copies below, i.e. the im2col/col2im matrix products
+      (BLAS) and their free reshapes;
+    * ``im2col_col2im``: :func:`~npsn.conv.im2col`, :func:`~npsn.conv.col2im` and the weight
+      reshapes :func:`~npsn.conv.weight_rows` / :func:`~npsn.conv.weight_from_rows`;
+    * ``other``: everything else (activations, BatchNorm, spectral normalization, Adam, losses,
+      the dense layers, Python).
+
+    The kernels are wrapped (module attributes, restored afterwards) to read the clock around
+    each call; the wrapping itself costs microseconds per call.
+    """
+    from npsn import conv
+
+    spent = {"kernels": 0.0, "copies": 0.0}
+    originals = {}
+
+    def wrap(name, bucket):
+        function = originals[name] = getattr(conv, name)
+
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                spent[bucket] += time.perf_counter() - start
+
+        setattr(conv, name, timed)
+
+    for name in ("gather_forward", "gather_backward", "scatter_forward", "scatter_backward"):
+        wrap(name, "kernels")
+    for name in ("im2col", "col2im", "weight_rows", "weight_from_rows"):
+        wrap(name, "copies")
+    parts = {"iteration": [], "matrix_products": [], "im2col_col2im": [], "other": []}
+    try:
+        for i in range(warmup + repeats):
+            spent.update(kernels=0.0, copies=0.0)
+            side.synchronize()
+            start = time.perf_counter()
+            side.iteration()
+            side.synchronize()
+            total = time.perf_counter() - start
+            if i >= warmup:
+                parts["iteration"].append(total)
+                parts["matrix_products"].append(spent["kernels"] - spent["copies"])
+                parts["im2col_col2im"].append(spent["copies"])
+                parts["other"].append(total - spent["kernels"])
+    finally:
+        for name, function in originals.items():
+            setattr(conv, name, function)
+    return {part: statistics.median(values) for part, values in parts.items()}
 
 
 # ---------------------------------------------------------------------------------------------- torch side
@@ -792,6 +853,14 @@ def format_report(env, results):
             if "torch" in sides:
                 row += f"{r['ratios'][phase]:>12.2f}"
             lines.append(row)
+        if "breakdown" in r:
+            b = r["breakdown"]
+            text = (f"   npsn iteration {b['iteration']:.3f} s = convolution matrix products {b['matrix_products']:.3f} s"
+                    f" + im2col/col2im {b['im2col_col2im']:.3f} s + other {b['other']:.3f} s (medians, separate run)")
+            if "torch" in sides:
+                torch_iteration = r["phases"]["iteration"]["torch"]["median_s"]
+                text += f"; the products alone are {b['matrix_products'] / torch_iteration:.2f} x torch's iteration"
+            lines.append(text)
         for side, m in r.get("memory", {}).items():
             if "error" in m:
                 lines.append(f"   peak memory {side}: probe failed: {m['error']}")
@@ -836,6 +905,9 @@ def benchmark_model(args, model, torch, progress):
         if torch is not None:
             result["ratios"] = {phase: r["npsn"]["median_s"] / r["torch"]["median_s"]
                                 for phase, r in result["phases"].items()}
+        if args.breakdown:
+            progress(f"{model}: npsn time breakdown")
+            result["breakdown"] = time_breakdown(sides[0], repeats, warmup)
         del sides, trainer, theirs
     gc.collect()
     if args.memory == "probe":

@@ -46,7 +46,8 @@ def test_relative_error():
 def test_npsn_benchmark_runs_on_tiny_models():
     env = {k: v for k, v in os.environ.items() if k != bench.RESTARTED}
     done = subprocess.run([sys.executable, SCRIPT, "--models", "cnn,resnet", "--repeats", "1", "--warmup", "0",
-                           "--json-only", *TINY], capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+                           "--json-only", "--breakdown", *TINY], capture_output=True, text=True, env=env, cwd=REPO,
+                          timeout=300)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
     assert len(lines) == 1  # --json-only: one JSON line and nothing else
@@ -62,6 +63,9 @@ def test_npsn_benchmark_runs_on_tiny_models():
         for phase in r["phases"].values():
             assert list(phase) == ["npsn"]
             assert phase["npsn"]["median_s"] > 0 and len(phase["npsn"]["times_s"]) == 1
+        parts = r["breakdown"]
+        assert min(parts.values()) > 0
+        assert parts["matrix_products"] + parts["im2col_col2im"] + parts["other"] == pytest.approx(parts["iteration"])
         memory = r["memory"]["npsn"]
         assert "error" not in memory, memory
         assert memory["host_rss_peak"] >= memory["host_rss_baseline"] > 0
