@@ -93,3 +93,32 @@ def test_scripts_set_the_blas_environment_before_numpy():
     for name, value in threads.BLAS_ENVIRONMENT.items():
         line = f'os.environ.setdefault("{name}", "{value}")'
         assert line in source and source.index(line) < source.index("from npsn")
+
+
+def _train_two_iterations(threads_used):
+    """Parameters of a tiny cnn G and D after two D and G updates with Adam, on ``threads_used`` host threads."""
+    from npsn import losses
+    from npsn.cnn_models import cnn_discriminator, cnn_generator
+    from npsn.optim import Adam
+    from npsn.updates import discriminator_update, generator_update
+
+    threads.set_num_threads(threads_used)
+    rng = np.random.default_rng(0)
+    G = cnn_generator(z_dim=8, ch=16, rng=rng).to("cpu", np.float32)
+    D = cnn_discriminator(ch=4, rng=rng).to("cpu", np.float32)
+    opt_g, opt_d = Adam(G.parameters(), lr=1e-3), Adam(D.parameters(), lr=1e-3)
+    x = rng.uniform(-1, 1, (5, 3, 32, 32)).astype(np.float32)
+    for _ in range(2):
+        z = rng.standard_normal((5, 8)).astype(np.float32)
+        discriminator_update(G, D, opt_d, losses.hinge_d, x, z)
+        generator_update(G, D, opt_g, losses.hinge_g, z)
+    return {**{"G." + k: v for k, v in G.state_dict().items()}, **{"D." + k: v for k, v in D.state_dict().items()}}
+
+
+def test_training_is_bit_identical_for_any_number_of_host_threads(split_everything):
+    """Every split kernel (im2col, col2im, activations, BatchNorm, bias, Adam) computes each element the same way."""
+    split = _train_two_iterations(3)
+    whole = _train_two_iterations(1)
+    assert split.keys() == whole.keys()
+    for name in whole:
+        np.testing.assert_array_equal(split[name], whole[name], err_msg=name)
