@@ -120,7 +120,7 @@ class _BatchNorm(Module):
             scale = inv_std
         count = grad_out.size // grad_out.shape[-1]
 
-        def input_grad(a, b):
+        def grad_x(a, b):  # dL/dx for images [a, b)
             g, out = grad_out[a:b], grad_in[a:b]
             if not saved.used_batch_stats:
                 # eval: y is affine in x, dL/dx = G gamma / sqrt(running_var + eps)
@@ -132,7 +132,7 @@ class _BatchNorm(Module):
             out -= x_hat[a:b] * sum_g_xhat
             out *= scale / count
 
-        parallel_chunks(grad_out, input_grad)
+        parallel_chunks(grad_out, grad_x)
         return grad_in
 
     def extra_repr(self):

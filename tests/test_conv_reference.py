@@ -122,44 +122,32 @@ def _rel(a, b):
     return np.max(np.abs(a - b)) / np.max(np.abs(b))
 
 
-def _conv(c, o, k, s, p, bias, rng):
-    """An npsn Conv2d (float64) with standard normal weight and bias."""
-    layer = npsn.Conv2d(c, o, k, s, p, bias=bias, rng=rng)
-    layer.weight.data = rng.standard_normal((o, c, k, k))
+def _layer(cls, c, o, k, s, p, bias, rng):
+    """An npsn Conv2d or ConvTranspose2d (float64) with standard normal weight (in its own layout) and bias."""
+    layer = cls(c, o, k, s, p, bias=bias, rng=rng)
+    layer.weight.data = rng.standard_normal(layer.weight.data.shape)
     if bias:
         layer.bias.data = rng.standard_normal(o)
     return layer
 
 
-def _conv_transpose(c, o, k, s, p, bias, rng):
-    """An npsn ConvTranspose2d (float64) with standard normal weight (C, O, k, k) and bias."""
-    layer = npsn.ConvTranspose2d(c, o, k, s, p, bias=bias, rng=rng)
-    layer.weight.data = rng.standard_normal((c, o, k, k))
-    if bias:
-        layer.bias.data = rng.standard_normal(o)
-    return layer
+# layer class, its loop reference, the test's seed
+FORWARD_KINDS = {
+    "conv2d": (npsn.Conv2d, reference_conv2d, 10),
+    "conv_transpose2d": (npsn.ConvTranspose2d, reference_conv_transpose2d, 11),
+}
 
 
 # ---------------------------------------------------------------------------------- forward
 @pytest.mark.parametrize("h, w, c, o, k, s, p", CASES, ids=CASE_IDS)
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
-def test_conv2d_forward_matches_loops(h, w, c, o, k, s, p, bias):
-    rng = np.random.default_rng(10)
-    layer = _conv(c, o, k, s, p, bias, rng)
+@pytest.mark.parametrize("kind", list(FORWARD_KINDS))
+def test_forward_matches_loops(kind, h, w, c, o, k, s, p, bias):
+    cls, reference, seed = FORWARD_KINDS[kind]
+    rng = np.random.default_rng(seed)
+    layer = _layer(cls, c, o, k, s, p, bias, rng)
     x = rng.standard_normal((BATCH, h, w, c))
-    expected = reference_conv2d(x, layer.weight.data, layer.bias.data if bias else None, s, p)
-    y = layer(x)
-    assert y.shape == expected.shape
-    assert _rel(y, expected) < 1e-12
-
-
-@pytest.mark.parametrize("h, w, c, o, k, s, p", CASES, ids=CASE_IDS)
-@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
-def test_conv_transpose2d_forward_matches_loops(h, w, c, o, k, s, p, bias):
-    rng = np.random.default_rng(11)
-    layer = _conv_transpose(c, o, k, s, p, bias, rng)
-    x = rng.standard_normal((BATCH, h, w, c))
-    expected = reference_conv_transpose2d(x, layer.weight.data, layer.bias.data if bias else None, s, p)
+    expected = reference(x, layer.weight.data, layer.bias.data if bias else None, s, p)
     y = layer(x)
     assert y.shape == expected.shape
     assert _rel(y, expected) < 1e-12
@@ -271,7 +259,7 @@ def test_conv_backward_matches_loop_adjoint(h, w, c, o, k, s, p):
     a multiple of s: then the gradient has H rows, more than (Ho - 1) s - 2p + k, and the rows
     that no output pixel reads get zero gradient."""
     rng = np.random.default_rng(17)
-    conv = _conv(c, o, k, s, p, False, rng)
+    conv = _layer(npsn.Conv2d, c, o, k, s, p, False, rng)
     x = rng.standard_normal((BATCH, h, w, c))
     grad_y = rng.standard_normal(conv(x).shape)
     grad_x = conv.backward(grad_y)
