@@ -1,4 +1,4 @@
-"""Optimizers over a list of :class:`~npsn.module.Parameter` s, with PyTorch's update rules.
+"""Optimizers over a list of :class:`~npsn.nn.module.Parameter` s, with PyTorch's update rules.
 
 :class:`Adam` and :class:`SGD` reproduce ``torch.optim.Adam`` (without ``amsgrad``) and
 ``torch.optim.SGD`` step for step:
@@ -19,10 +19,10 @@ steps do not change.
 """
 import math
 
-from . import backend
-from .backend import get_array_module
-from .module import Parameter
-from .threads import parallel_chunks
+from npsn import backend
+from npsn.backend import get_array_module
+from npsn.nn.module import Parameter
+from npsn.utils.threads import parallel_chunks
 
 
 class Optimizer:
@@ -45,7 +45,7 @@ class Optimizer:
             raise ValueError("optimizer got an empty parameter list")
         for i, p in enumerate(self.params):
             if not isinstance(p, Parameter):
-                raise TypeError(f"optimizer parameter {i} is a {type(p).__name__}, expected npsn.module.Parameter")
+                raise TypeError(f"optimizer parameter {i} is a {type(p).__name__}, expected npsn.nn.module.Parameter")
         self.lr = lr
         # state[i]: dict of parameter i's state; empty until its first step.
         self.state = [{} for _ in self.params]
@@ -252,7 +252,7 @@ class Adam(Optimizer):
             data -= step
 
         if p.data.ndim:
-            # split over the first axis between host threads (npsn.threads)
+            # split over the first axis between host threads (npsn.utils.threads)
             parallel_chunks(p.data, lambda a, b: update(slice(a, b)))
         else:
             update(...)  # a 0-d parameter

@@ -11,10 +11,10 @@ statistics, spectral normalization runs its power iteration in every forward):
 
 * ``D forward``: D(x) on a batch of B real images (kept for a backward: npsn caches, torch records its graph);
 * ``G forward``: G(z) on B noise vectors (the same);
-* ``D update``: :meth:`npsn.trainer.Trainer.d_step` -- G(z) without a backward, one D pass over the
+* ``D update``: :meth:`npsn.gan.trainer.Trainer.d_step` -- G(z) without a backward, one D pass over the
   2B images real + fake concatenated, hinge loss, D backward, Adam step;
-* ``G update``: :meth:`~npsn.trainer.Trainer.g_step` -- G(z), D with its parameters frozen, G backward, Adam step;
-* ``iteration``: :meth:`~npsn.trainer.Trainer.train_iteration` with ``n_dis = 1``: one D update and one
+* ``G update``: :meth:`~npsn.gan.trainer.Trainer.g_step` -- G(z), D with its parameters frozen, G backward, Adam step;
+* ``iteration``: :meth:`~npsn.gan.trainer.Trainer.train_iteration` with ``n_dis = 1``: one D update and one
   G update (whatever the preset's ``n_dis``; the ResNet preset trains with 5 D updates per iteration).
 
 Each time is the median (min and max are reported too) of ``--repeats`` timed calls after
@@ -39,9 +39,9 @@ so that both sides compute in float32.
 
 **Threads.** ``--threads N`` sets OMP/OPENBLAS/MKL_NUM_THREADS before NumPy is imported, limits
 every BLAS and OpenMP pool with threadpoolctl when it is installed, sets npsn's host threads
-(:func:`npsn.threads.set_num_threads`, which split im2col/col2im and elementwise kernels) and calls
+(:func:`npsn.utils.threads.set_num_threads`, which split im2col/col2im and elementwise kernels) and calls
 ``torch.set_num_threads(N)``. Without it each library keeps its default. The BLAS in use and its
-thread count are reported. ``OPENBLAS_THREAD_TIMEOUT=4`` (:data:`npsn.threads.BLAS_ENVIRONMENT`)
+thread count are reported. ``OPENBLAS_THREAD_TIMEOUT=4`` (:data:`npsn.utils.threads.BLAS_ENVIRONMENT`)
 is set, unless already set, so that OpenBLAS's idle threads sleep at once rather than spin while
 npsn's host threads work (``scripts/train_cifar.py`` sets it too).
 
@@ -96,7 +96,7 @@ PHASES = (
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 # glibc reads these at start-up; --malloc restarts the process with exactly one of these sets.
 MALLOC_VARIABLES = ("MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
-# npsn.threads.BLAS_ENVIRONMENT (copied: it must be set before NumPy, hence npsn, is imported)
+# npsn.utils.threads.BLAS_ENVIRONMENT (copied: it must be set before NumPy, hence npsn, is imported)
 BLAS_ENVIRONMENT = {"OPENBLAS_THREAD_TIMEOUT": "4"}
 MALLOC_SETTINGS = {
     "default": {},
@@ -177,7 +177,7 @@ def configure_process(args):
     if args.threads is not None:
         for name in THREAD_VARIABLES:
             os.environ[name] = str(args.threads)
-    for name, value in BLAS_ENVIRONMENT.items():  # npsn.threads.BLAS_ENVIRONMENT; read when NumPy loads OpenBLAS
+    for name, value in BLAS_ENVIRONMENT.items():  # npsn.utils.threads.BLAS_ENVIRONMENT; read when NumPy loads OpenBLAS
         os.environ.setdefault(name, value)
     if not is_glibc():
         return
@@ -199,7 +199,7 @@ def limit_threads(n):
     """Limit every BLAS/OpenMP pool loaded so far, npsn's host threads and PyTorch's (if imported) to ``n`` threads."""
     if n is None:
         return
-    from npsn import threads
+    from npsn.utils import threads
     threads.set_num_threads(n)
     try:
         import threadpoolctl
@@ -292,7 +292,7 @@ def freed_memory_is_reused(nbytes=64 * MIB):
 def make_trainer(args, model, out_dir):
     """An npsn Trainer for ``model``'s preset with n_dis = 1, on synthetic images; returns (trainer, images)."""
     import numpy as np
-    from npsn.trainer import Trainer, preset_config
+    from npsn.gan.trainer import Trainer, preset_config
 
     config = preset_config(model, n_dis=1, batch_size=args.batch_size, device=args.device, seed=args.seed,
                            g_ch=args.g_ch, d_ch=args.d_ch)
@@ -347,18 +347,18 @@ class NpsnSide:
 def time_breakdown(side, repeats, warmup):
     """Where npsn's iteration time goes: seconds per iteration in three disjoint parts (medians).
 
-    * ``matrix_products``: inside the convolution kernels (:mod:`npsn.conv`'s gather/scatter
+    * ``matrix_products``: inside the convolution kernels (:mod:`npsn.nn.conv`'s gather/scatter
       forward and backward) minus the copies below, i.e. the im2col/col2im matrix products
       (BLAS) and their free reshapes;
-    * ``im2col_col2im``: :func:`~npsn.conv.im2col`, :func:`~npsn.conv.col2im` and the weight
-      reshapes :func:`~npsn.conv.weight_rows` / :func:`~npsn.conv.weight_from_rows`;
+    * ``im2col_col2im``: :func:`~npsn.nn.im2col.im2col`, :func:`~npsn.nn.im2col.col2im` and the weight
+      reshapes :func:`~npsn.nn.conv.weight_rows` / :func:`~npsn.nn.conv.weight_from_rows`;
     * ``other``: everything else (activations, BatchNorm, spectral normalization, Adam, losses,
       the dense layers, Python).
 
     The kernels are wrapped (module attributes, restored afterwards) to read the clock around
     each call; the wrapping itself costs microseconds per call.
     """
-    from npsn import conv
+    from npsn.nn import conv
 
     spent = {"kernels": 0.0, "copies": 0.0}
     originals = {}
@@ -482,7 +482,7 @@ def load_npsn_weights(torch_model, npsn_model):
 class TorchSide:
     """The same training step in PyTorch: the same models, data stream, noise, loss and optimizer.
 
-    Real batches come from the same seeded :class:`~npsn.cifar10.MinibatchStream` and z from the same
+    Real batches come from the same seeded :class:`~npsn.data.cifar10.MinibatchStream` and z from the same
     seeded generator as the Trainer's, so from the same weights both sides see the same batches.
     """
 
@@ -492,7 +492,7 @@ class TorchSide:
         import numpy as np
         import torch
 
-        from npsn.cifar10 import MinibatchStream
+        from npsn.data.cifar10 import MinibatchStream
 
         c = trainer.config
         self.torch, self.np, self.config = torch, np, c
@@ -769,7 +769,7 @@ def environment_report(args, torch):
     import numpy as np
 
     import npsn
-    from npsn import threads as npsn_threads
+    from npsn.utils import threads as npsn_threads
 
     def git(*command):
         try:
@@ -880,8 +880,8 @@ def format_report(env, results):
 # ---------------------------------------------------------------------------------------------- main
 def benchmark_model(args, model, torch, progress):
     """Build, check, time and (optionally) probe one model; returns its results dict."""
-    from npsn.models import DEFAULT_WIDTHS
-    from npsn.trainer import PRESETS
+    from npsn.gan.models import DEFAULT_WIDTHS
+    from npsn.gan.trainer import PRESETS
 
     with tempfile.TemporaryDirectory() as out_dir:
         trainer, images = make_trainer(args, model, out_dir)

@@ -27,8 +27,8 @@ import sys
 import numpy as np
 
 from npsn import backend
-from npsn.cifar10 import CIFAR10Error, load_cifar10, to_training_array
-from npsn.evaluation import GRADIENT_BATCH, RunError, diagnose, find_checkpoint, generate, load_run
+from npsn.data.cifar10 import CIFAR10Error, load_cifar10, to_training_array
+from npsn.eval.evaluation import GRADIENT_BATCH, RunError, diagnose, find_checkpoint, generate, load_run
 
 
 def parse_args(argv=None):

@@ -16,8 +16,8 @@ import sys
 import numpy as np
 
 from npsn import backend
-from npsn.evaluation import RunError, generate, load_run, quantize
-from npsn.images import save_grid
+from npsn.eval.evaluation import RunError, generate, load_run, quantize
+from npsn.utils.images import save_grid
 
 FORMATS = (".png", ".npz")
 

@@ -5,7 +5,7 @@
     python scripts/toy_2d.py --loss hinge --out runs/toy2d-hinge --jobs 2
     python scripts/toy_2d.py --lr 1e-4 --beta1 0.8 --d-init normal --iterations 400000   # PacGAN's settings
 
-Each run trains PacGAN's MLPs (npsn.toy2d) and measures, on 2,500 generated points, the modes
+Each run trains PacGAN's MLPs (npsn.gan.toy) and measures, on 2,500 generated points, the modes
 covered, the % of high-quality samples (within 3 std of the nearest mode) and the reverse KL of
 the mode histogram. The script prints a table of mean +- std over seeds next to the numbers
 published in PacGAN's Table 1, and writes into --out:
@@ -67,10 +67,10 @@ def parse_args(argv=None):
 
 def run_one(config_dict, log_every=0, eval_every=0):
     """Train and evaluate one run (in a worker process when --jobs > 1); returns the result dict."""
-    from npsn import toy2d
+    from npsn.gan.toy import ToyConfig, train
 
-    config = toy2d.ToyConfig(**config_dict)
-    result = toy2d.train(config, log_every=log_every, eval_every=eval_every)
+    config = ToyConfig(**config_dict)
+    result = train(config, log_every=log_every, eval_every=eval_every)
     m = result["metrics"]
     print(f"{config.dataset:4s} {config.method:5s} seed {config.seed}: modes {m['modes']:2d}/"
           f"{len(m['mode_counts'])}  HQ {100 * m['hq_fraction']:5.1f}%  reverse KL {m['reverse_kl']:.3f}"
@@ -111,7 +111,10 @@ def main(argv=None):
 
     import numpy as np
 
-    from npsn import backend, toy2d
+    from npsn import backend
+    from npsn.data.mixtures import get_dataset
+    from npsn.eval.modes import summarize
+    from npsn.gan.toy import save_scatter
 
     backend.check_device(args.device)
     datasets = ["ring", "grid"] if args.dataset == "both" else [args.dataset]
@@ -136,12 +139,12 @@ def main(argv=None):
 
     summary, runs, pngs = {}, [], []
     for dataset in datasets:
-        mixture = toy2d.get_dataset(dataset)
+        mixture = get_dataset(dataset)
         summary[dataset] = {}
         for method in args.methods:
             group = [r for r in results
                      if r["config"]["dataset"] == dataset and r["config"]["sn"] == (method == "SN")]
-            summary[dataset][method] = toy2d.summarize([r["metrics"] for r in group])
+            summary[dataset][method] = summarize([r["metrics"] for r in group])
             first = group[0]
             m = first["metrics"]
             path = os.path.join(args.out, f"scatter_{dataset}_{'sn' if method == 'SN' else 'nosn'}.png")
@@ -150,7 +153,7 @@ def main(argv=None):
                      f"seed {first['config']['seed']}, "
                      f"{args.iterations} it: modes {m['modes']}/{mixture.num_modes}, "
                      f"HQ {100 * m['hq_fraction']:.1f}%, rev. KL {m['reverse_kl']:.3f}")
-            pngs.append(toy2d.save_scatter(path, real, first["samples"], mixture, title=title))
+            pngs.append(save_scatter(path, real, first["samples"], mixture, title=title))
     for r in results:
         runs.append({k: v for k, v in r.items() if k != "samples"})
 

@@ -17,14 +17,14 @@ import sys
 import time
 
 # Before NumPy loads OpenBLAS: its idle threads sleep at once instead of spinning, leaving the
-# cores to npsn's host threads (npsn.threads.BLAS_ENVIRONMENT; measured in that module's docstring).
+# cores to npsn's host threads (npsn.utils.threads.BLAS_ENVIRONMENT; measured in that module's docstring).
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 from npsn import backend  # noqa: E402 (after the environment above)
-from npsn.allocator import keep_freed_memory  # noqa: E402
-from npsn.cifar10 import CIFAR10Error, download_cifar10, load_cifar10  # noqa: E402
-from npsn.models import MODELS  # noqa: E402
-from npsn.trainer import PRESETS, Trainer, TrainingDiverged, TrainConfig, preset_config  # noqa: E402
+from npsn.utils.allocator import keep_freed_memory  # noqa: E402
+from npsn.data.cifar10 import CIFAR10Error, download_cifar10, load_cifar10  # noqa: E402
+from npsn.gan.models import MODELS  # noqa: E402
+from npsn.gan.trainer import PRESETS, Trainer, TrainingDiverged, TrainConfig, preset_config  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -120,7 +120,7 @@ def main(argv=None):
     if args.resume:
         print(f"resuming from iteration {trainer.iteration}")
     if config.eval_every:
-        from npsn.evaluation import make_evaluator
+        from npsn.eval.evaluation import make_evaluator
 
         trainer.evaluator = make_evaluator(config, images)
     try:

@@ -1,4 +1,4 @@
-"""Tests of npsn.cifar10 on small fake archives written here (no network, no real CIFAR-10)."""
+"""Tests of npsn.data.cifar10 on small fake archives written here (no network, no real CIFAR-10)."""
 import glob
 import hashlib
 import os
@@ -9,7 +9,7 @@ import pytest
 
 from fake_cifar import LABEL_NAMES, fake_batch, fake_members, write_cifar_members, write_fake_cifar
 from npsn.backend import gpu_available, to_numpy, xp_for
-from npsn.cifar10 import (
+from npsn.data.cifar10 import (
     CIFAR10Error,
     MinibatchStream,
     download_cifar10,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import npsn
-from npsn.conv import col2im, conv_output_size, im2col
+from npsn.nn.im2col import col2im, conv_output_size, im2col
 
 BATCH = 2
 

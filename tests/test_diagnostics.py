@@ -3,13 +3,14 @@ import numpy as np
 import pytest
 
 from npsn import backend
-from npsn.conv import Conv2d, ConvTranspose2d
-from npsn.diagnostics import gradient_norm_estimate, lipschitz_upper_bound, operator_norm, spectral_report
-from npsn.linear import Linear
-from npsn.models import build_gan, spectral_layers
-from npsn.module import Sequential
-from npsn.reshape import Flatten, ToChannelsLast
-from npsn.spectral_norm import SpectralNorm, exact_spectral_norm
+from npsn.nn.conv import Conv2d, ConvTranspose2d
+from npsn.eval.spectral import gradient_norm_estimate, lipschitz_upper_bound, operator_norm, spectral_report
+from npsn.nn.linear import Linear
+from npsn.gan.models import build_gan
+from npsn.nn.spectral_norm import spectral_layers
+from npsn.nn.module import Sequential
+from npsn.nn.reshape import Flatten, ToChannelsLast
+from npsn.nn.spectral_norm import SpectralNorm, exact_spectral_norm
 
 CONVERGED = dict(n_iterations=3000, tol=1e-14)
 

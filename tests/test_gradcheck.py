@@ -8,9 +8,9 @@ import pytest
 
 import npsn
 from gradcheck import check_module_gradients
-from npsn.activations import Scale
+from npsn.nn.activations import Scale
 from npsn.backend import to_device
-from npsn.resnet_models import discriminator_block, generator_block, optimized_discriminator_block
+from npsn.gan.resnet import discriminator_block, generator_block, optimized_discriminator_block
 
 TOLERANCE = 1e-6
 

@@ -7,18 +7,17 @@ import numpy as np
 import pytest
 
 from npsn import backend
-from npsn.losses import (
+from npsn.gan.losses import (
     LOSSES,
     get_loss,
     hinge_d,
     hinge_g,
     nonsaturating_d,
     nonsaturating_g,
-    sigmoid,
-    softplus,
     wasserstein_d,
     wasserstein_g,
 )
+from npsn.nn.functional import sigmoid, softplus
 
 D_LOSSES = [fns[0] for fns in LOSSES.values()]
 G_LOSSES = [fns[1] for fns in LOSSES.values()]

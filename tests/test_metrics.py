@@ -1,4 +1,4 @@
-"""Tests of npsn.metrics: the Laplacian pyramid, patch descriptors, the 1-D coupling and the SWD itself.
+"""Tests of npsn.eval.swd: the Laplacian pyramid, patch descriptors, the 1-D coupling and the SWD itself.
 
 Images are small synthetic "smooth" RGB images (white noise at 8x8, upsampled twice by the binomial
 pyr_up, squashed by tanh into [-1, 1]), so two independent draws come from the same distribution.
@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from npsn import backend
-from npsn.metrics import (
+from npsn.eval.swd import (
     binomial_filter_2d,
     extract_patches,
     laplacian_pyramid,

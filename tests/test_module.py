@@ -8,7 +8,7 @@ from npsn.backend import to_device, to_numpy
 
 def small_net(rng):
     return npsn.Sequential(
-        npsn.spectral_norm(npsn.Conv2d(3, 4, 3, padding=1, rng=rng), rng=rng),
+        npsn.nn.spectral_norm(npsn.Conv2d(3, 4, 3, padding=1, rng=rng), rng=rng),
         npsn.BatchNorm2d(4),
         npsn.ReLU(),
         npsn.Flatten(),
@@ -99,8 +99,8 @@ def _input_grad_cases(rng):
         "Conv2d (gather)": (npsn.Conv2d(3, 4, 3, padding=1, rng=rng), (2, 5, 5, 3)),
         "Conv2d (flipped scatter)": (npsn.Conv2d(4, 2, 3, padding=1, rng=rng), (2, 5, 5, 4)),
         "ConvTranspose2d": (npsn.ConvTranspose2d(3, 2, 4, 2, 1, rng=rng), (2, 3, 3, 3)),
-        "SN(Conv2d)": (npsn.spectral_norm(npsn.Conv2d(3, 4, 4, 2, 1, rng=rng), rng=rng), (2, 6, 6, 3)),
-        "Sequential": (npsn.Sequential(npsn.ToChannelsLast(), npsn.spectral_norm(npsn.Conv2d(3, 4, 3, rng=rng), rng=rng),
+        "SN(Conv2d)": (npsn.nn.spectral_norm(npsn.Conv2d(3, 4, 4, 2, 1, rng=rng), rng=rng), (2, 6, 6, 3)),
+        "Sequential": (npsn.Sequential(npsn.ToChannelsLast(), npsn.nn.spectral_norm(npsn.Conv2d(3, 4, 3, rng=rng), rng=rng),
                                        npsn.LeakyReLU(0.1), npsn.Flatten(), npsn.Linear(36, 1, rng=rng)), (2, 3, 5, 5)),
     }
 

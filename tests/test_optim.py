@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from npsn import backend
-from npsn.module import Parameter
+from npsn.nn.module import Parameter
 from npsn.optim import SGD, Adam
 
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 from fake_cifar import write_fake_cifar
 from npsn import backend
-from npsn.checkpoint import load_checkpoint
+from npsn.gan.checkpoint import load_checkpoint
 
 SCRIPTS = os.path.join(os.path.dirname(__file__), "..", "scripts")
 TINY = ["--g-ch", "16", "--d-ch", "8", "--batch-size", "8", "--sample-every", "0", "--log-every", "1"]

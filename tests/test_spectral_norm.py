@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 import npsn
 from npsn.backend import to_device, to_numpy
-from npsn.spectral_norm import exact_spectral_norm, matrix_to_weight, reshape_weight_to_matrix
+from npsn.nn.spectral_norm import exact_spectral_norm, matrix_to_weight, reshape_weight_to_matrix
 
 # Weight shapes: Linear (out, in), Conv2d (out, in, k, k), ConvTranspose2d (in, out, k, k) with dim=1.
 LAYER_KINDS = ["linear", "conv", "conv_transpose"]
@@ -138,7 +138,7 @@ def test_converged_gradient_matches_finite_difference_through_svd(case, top_gap)
 def test_u_v_update_in_training_mode_only(device):
     rng = np.random.default_rng(0)
     # a wide layer: 15 power-iteration steps at construction leave u, v far from converged
-    sn = npsn.spectral_norm(npsn.Conv2d(32, 64, 3, padding=1, rng=rng), rng=rng).to(device)
+    sn = npsn.nn.spectral_norm(npsn.Conv2d(32, 64, 3, padding=1, rng=rng), rng=rng).to(device)
     x = to_device(rng.standard_normal((2, 4, 4, 32)).astype(np.float32), device)
     u0, v0 = to_numpy(sn.weight_u).copy(), to_numpy(sn.weight_v).copy()
     sn.train()
@@ -156,7 +156,7 @@ def test_u_v_update_in_training_mode_only(device):
 
 def test_sigma_is_readable_and_matches_u_w_v(device):
     rng = np.random.default_rng(1)
-    sn = npsn.spectral_norm(npsn.Linear(6, 4, rng=rng), rng=rng).to(device, dtype=np.float64)
+    sn = npsn.nn.spectral_norm(npsn.Linear(6, 4, rng=rng), rng=rng).to(device, dtype=np.float64)
     sn(to_device(rng.standard_normal((2, 6)), device))
     W = to_numpy(sn.weight_orig.data)
     assert float(to_numpy(sn.sigma)) == pytest.approx(to_numpy(sn.weight_u) @ W @ to_numpy(sn.weight_v), rel=1e-12)
@@ -164,7 +164,7 @@ def test_sigma_is_readable_and_matches_u_w_v(device):
 
 def test_state_dict_round_trip(device):
     rng = np.random.default_rng(2)
-    sn = npsn.spectral_norm(npsn.ConvTranspose2d(4, 3, 4, 2, 1, rng=rng), rng=rng).to(device)
+    sn = npsn.nn.spectral_norm(npsn.ConvTranspose2d(4, 3, 4, 2, 1, rng=rng), rng=rng).to(device)
     x = to_device(rng.standard_normal((2, 3, 3, 4)).astype(np.float32), device)
     for _ in range(3):
         sn(x)
@@ -172,7 +172,7 @@ def test_state_dict_round_trip(device):
     assert list(state) == ["weight_orig", "bias", "weight_u", "weight_v"]
     assert state["weight_u"].shape == (3,) and state["weight_v"].shape == (4 * 16,)  # dim=1 for ConvTranspose2d
 
-    other = npsn.spectral_norm(npsn.ConvTranspose2d(4, 3, 4, 2, 1, rng=np.random.default_rng(9)),
+    other = npsn.nn.spectral_norm(npsn.ConvTranspose2d(4, 3, 4, 2, 1, rng=np.random.default_rng(9)),
                                rng=np.random.default_rng(9)).to(device)
     other.load_state_dict(state)
     sn.eval()
@@ -186,7 +186,7 @@ def test_state_dict_round_trip(device):
 
 def test_zero_weight_gives_no_nan(device):
     rng = np.random.default_rng(3)
-    sn = npsn.spectral_norm(npsn.Conv2d(2, 3, 3, padding=1, rng=rng), rng=rng).to(device)
+    sn = npsn.nn.spectral_norm(npsn.Conv2d(2, 3, 3, padding=1, rng=rng), rng=rng).to(device)
     sn.weight_orig.data = sn.weight_orig.data * 0
     x = to_device(rng.standard_normal((2, 4, 4, 2)).astype(np.float32), device)
     with np.errstate(all="raise"):
@@ -198,17 +198,17 @@ def test_zero_weight_gives_no_nan(device):
 
 def test_untrained_layer_is_well_defined_in_eval_mode():
     rng = np.random.default_rng(4)
-    sn = npsn.spectral_norm(npsn.Linear(50, 40, rng=rng), rng=rng).eval()
+    sn = npsn.nn.spectral_norm(npsn.Linear(50, 40, rng=rng), rng=rng).eval()
     assert float(sn.sigma) > 0
     assert np.all(np.isfinite(sn(rng.standard_normal((3, 50)).astype(np.float32))))
 
 
 def test_dim_is_chosen_from_the_layer():
-    assert npsn.spectral_norm(npsn.Linear(3, 2)).dim == 0
-    assert npsn.spectral_norm(npsn.Conv2d(3, 2, 3)).dim == 0
-    assert npsn.spectral_norm(npsn.ConvTranspose2d(3, 2, 3)).dim == 1
+    assert npsn.nn.spectral_norm(npsn.Linear(3, 2)).dim == 0
+    assert npsn.nn.spectral_norm(npsn.Conv2d(3, 2, 3)).dim == 0
+    assert npsn.nn.spectral_norm(npsn.ConvTranspose2d(3, 2, 3)).dim == 1
     with pytest.raises(TypeError):
-        npsn.spectral_norm(npsn.ReLU())
+        npsn.nn.spectral_norm(npsn.ReLU())
 
 
 def test_matrix_reshape_round_trip():

@@ -1,12 +1,12 @@
-"""npsn.threads: the batch split covers every row once, and split kernels give bit-identical results."""
+"""npsn.utils.threads: the batch split covers every row once, and split kernels give bit-identical results."""
 import os
 import threading
 
 import numpy as np
 import pytest
 
-from npsn import threads
-from npsn.conv import col2im, im2col
+from npsn.utils import threads
+from npsn.nn.im2col import col2im, im2col
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -97,10 +97,10 @@ def test_scripts_set_the_blas_environment_before_numpy():
 
 def _train_two_iterations(threads_used):
     """Parameters of a tiny cnn G and D after two D and G updates with Adam, on ``threads_used`` host threads."""
-    from npsn import losses
-    from npsn.cnn_models import cnn_discriminator, cnn_generator
+    from npsn.gan import losses
+    from npsn.gan.cnn import cnn_discriminator, cnn_generator
     from npsn.optim import Adam
-    from npsn.updates import discriminator_update, generator_update
+    from npsn.gan.updates import discriminator_update, generator_update
 
     threads.set_num_threads(threads_used)
     rng = np.random.default_rng(0)

@@ -9,8 +9,8 @@ import pytest
 
 from fake_cifar import write_fake_cifar
 from npsn import backend
-from npsn.checkpoint import load_checkpoint
-from npsn.trainer import Trainer, TrainingDiverged, preset_config
+from npsn.gan.checkpoint import load_checkpoint
+from npsn.gan.trainer import Trainer, TrainingDiverged, preset_config
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "..", "scripts", "train_cifar.py")
 TINY = ["--g-ch", "16", "--d-ch", "8", "--batch-size", "8"]
@@ -73,7 +73,7 @@ def test_resume_reproduces_the_uninterrupted_losses(archive, tmp_path):
     # The split run stops at 3 of 6 iterations (as if interrupted), then resumes.
     config = preset_config("resnet", iterations=6, g_ch=16, d_ch=8, batch_size=8, n_dis=2, log_every=1,
                            checkpoint_every=100, sample_every=0)
-    from npsn.cifar10 import load_cifar10
+    from npsn.data.cifar10 import load_cifar10
     images, _ = load_cifar10(archive)
     os.makedirs(split)
     with open(os.path.join(split, "config.json"), "w") as f:
@@ -84,7 +84,7 @@ def test_resume_reproduces_the_uninterrupted_losses(archive, tmp_path):
 
 
 def test_ctrl_c_writes_a_checkpoint_that_resumes_exactly(archive, tmp_path):
-    from npsn.cifar10 import load_cifar10
+    from npsn.data.cifar10 import load_cifar10
     images, _ = load_cifar10(archive)
     config = preset_config("cnn", iterations=5, g_ch=16, d_ch=8, batch_size=8, log_every=1, checkpoint_every=100,
                            sample_every=0)
@@ -109,7 +109,7 @@ def test_ctrl_c_writes_a_checkpoint_that_resumes_exactly(archive, tmp_path):
 
 
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(archive, tmp_path):
-    from npsn.cifar10 import load_cifar10
+    from npsn.data.cifar10 import load_cifar10
     images, _ = load_cifar10(archive)
     config = preset_config("cnn", iterations=10, g_ch=16, d_ch=8, batch_size=8, checkpoint_every=2, sample_every=0)
     trainer = Trainer(config, images, str(tmp_path / "run"))

@@ -1,7 +1,7 @@
 """The ResNet generator and discriminator of Miyato et al. (2018), Table 4, as in the authors' code
 (pfnet-research/sngan_projection, the CIFAR-10 configuration: G ch=256, D ch=128).
 
-Blocks are :class:`~npsn.residual.Residual` modules whose branches are Sequentials, so parameter
+Blocks are :class:`~npsn.nn.residual.Residual` modules whose branches are Sequentials, so parameter
 names read like ``1.residual.3.weight_orig`` and ``1.shortcut.1.bias``. Initialization is Glorot
 uniform as in the authors' code: gain sqrt(2) for the 3x3 convolutions inside blocks, gain 1
 for shortcuts, the dense layers and the output convolution; biases 0.
@@ -10,16 +10,16 @@ import math
 
 import numpy as np
 
-from . import init
-from .activations import ReLU, Tanh
-from .batchnorm import BatchNorm2d
-from .conv import Conv2d
-from .linear import Linear
-from .module import Sequential
-from .pooling import AvgPool2d, GlobalSumPool2d, Upsample
-from .reshape import Reshape, ToChannelsFirst, ToChannelsLast
-from .residual import Residual
-from .spectral_norm import SpectralNorm
+from npsn.nn import init
+from npsn.nn.activations import ReLU, Tanh
+from npsn.nn.batchnorm import BatchNorm2d
+from npsn.nn.conv import Conv2d
+from npsn.nn.linear import Linear
+from npsn.nn.module import Sequential
+from npsn.nn.pooling import AvgPool2d, GlobalSumPool2d, Upsample
+from npsn.nn.reshape import Reshape, ToChannelsFirst, ToChannelsLast
+from npsn.nn.residual import Residual
+from npsn.nn.spectral_norm import SpectralNorm
 
 
 def init_glorot(layer, rng, gain=1.0):

@@ -1,9 +1,9 @@
 """Batch normalization (Ioffe & Szegedy, 2015) with PyTorch's running statistics."""
 import numpy as np
 
-from .backend import get_array_module
-from .module import Module, Parameter
-from .threads import parallel_chunks
+from npsn.backend import get_array_module
+from npsn.nn.module import Module, Parameter
+from npsn.utils.threads import parallel_chunks
 
 
 class _BatchNorm(Module):
@@ -60,7 +60,7 @@ class _BatchNorm(Module):
                              f"with {self.num_features} channels last, got shape {tuple(x.shape)}")
         xp = get_array_module(x)
         axes = tuple(range(x.ndim - 1))
-        # Elementwise passes are split over the batch between host threads (npsn.threads); the
+        # Elementwise passes are split over the batch between host threads (npsn.utils.threads); the
         # reductions over all but the channel axis are not (their result would then depend on the split).
         x_hat, y = xp.empty_like(x), xp.empty_like(x)
         if self.training:

@@ -32,15 +32,14 @@ device and returns host floats.
 """
 import numpy as np
 
-from . import backend
-from .activations import LeakyReLU, ReLU, Sigmoid, Tanh
-from .backend import get_array_module
-from .conv import Conv2d, ConvTranspose2d
-from .linear import Linear
-from .models import spectral_layers
-from .module import Parameter, Sequential
-from .reshape import Flatten, Reshape, ToChannelsFirst, ToChannelsLast
-from .spectral_norm import SpectralNorm, exact_spectral_norm
+from npsn import backend
+from npsn.backend import get_array_module
+from npsn.nn.activations import LeakyReLU, ReLU, Sigmoid, Tanh
+from npsn.nn.conv import Conv2d, ConvTranspose2d
+from npsn.nn.linear import Linear
+from npsn.nn.module import Parameter, Sequential
+from npsn.nn.reshape import Flatten, Reshape, ToChannelsFirst, ToChannelsLast
+from npsn.nn.spectral_norm import SpectralNorm, exact_spectral_norm, spectral_layers
 
 
 def bias_free_copy(layer, weight):
@@ -52,7 +51,7 @@ def bias_free_copy(layer, weight):
     Returns:
         the copy; its weight Parameter has ``requires_grad=False`` (backward computes only dL/dx).
     The copy's constructor draws its (immediately replaced) initial weights from its own generator,
-    never from npsn.init's shared one, so building it changes no other random stream.
+    never from npsn.nn.init's shared one, so building it changes no other random stream.
     """
     rng = np.random.default_rng(0)
     if isinstance(layer, Linear):

@@ -5,9 +5,9 @@ value, estimated by one step of power iteration per training forward (the paper'
 """
 import numpy as np
 
-from . import init
-from .backend import get_array_module, to_numpy
-from .module import Module, Parameter, input_grad
+from npsn.backend import get_array_module, to_numpy
+from npsn.nn import init
+from npsn.nn.module import Module, Parameter, input_grad
 
 
 def weight_matrix_dim(layer):
@@ -15,7 +15,7 @@ def weight_matrix_dim(layer):
 
     This is ``torch.nn.utils.spectral_norm``'s default.
     """
-    from .conv import ConvTranspose2d
+    from npsn.nn.conv import ConvTranspose2d
 
     return 1 if isinstance(layer, ConvTranspose2d) else 0
 
@@ -196,3 +196,8 @@ class SpectralNorm(Module):
 def spectral_norm(layer, n_power_iterations=1, eps=1e-12, dim=None, rng=None):
     """Wrap ``layer`` in :class:`SpectralNorm` (the functional spelling of ``torch.nn.utils.spectral_norm``)."""
     return SpectralNorm(layer, n_power_iterations=n_power_iterations, eps=eps, dim=dim, rng=rng)
+
+
+def spectral_layers(model):
+    """``[(name, SpectralNorm module), ...]`` of a model, in order (for logging sigmas)."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, SpectralNorm)]

@@ -1,7 +1,6 @@
 """Fully connected layer."""
-from . import init
-from .backend import get_array_module
-from .module import Module, Parameter
+from npsn.nn import init
+from npsn.nn.module import Module, Parameter
 
 
 class Linear(Module):
@@ -10,7 +9,7 @@ class Linear(Module):
     Args:
         in_features, out_features: sizes of x's and y's last axis.
         bias: whether to learn b.
-        rng: NumPy generator for the initial values (default: ``npsn.init``'s seeded one).
+        rng: NumPy generator for the initial values (default: ``npsn.nn.init``'s seeded one).
 
     Parameters (PyTorch's layout): ``weight`` (out_features, in_features), ``bias`` (out_features,),
     both initialized U(-1/sqrt(in), 1/sqrt(in)) like PyTorch.

@@ -14,7 +14,7 @@ Models (PacGAN's sizes)
     D: 3 hidden layers of 200 units -> Linear(200, 1), a logit. PacGAN's D uses LinearMaxout with 5
     pieces; npsn has no maxout layer, so D here is a plain MLP with LeakyReLU(0.2) (or ReLU) --
     a deliberate difference. With ``sn=True`` every Linear of D (the last included) is wrapped in
-    :class:`~npsn.spectral_norm.SpectralNorm`, as in Miyato et al. (2018).
+    :class:`~npsn.nn.spectral_norm.SpectralNorm`, as in Miyato et al. (2018).
     G's weights ~ N(0, 0.02^2), biases 0 (PacGAN's ``IsotropicGaussian(0.02)``, ``Constant(0)``).
     D's initialization is selectable: ``"normal"`` is PacGAN's N(0, 0.02^2); the default
     ``"default"`` keeps npsn's (= PyTorch's) U(-1/sqrt(fan_in), 1/sqrt(fan_in)), because with
@@ -24,7 +24,7 @@ Models (PacGAN's sizes)
 Training
     Batch 100; each iteration is one D update on a real and a generated batch, then one G update
     on fresh z (the authors' ``SequentialAlgorithm``). PacGAN's loss is the original GAN loss with
-    the non-saturating generator loss (``nonsaturating`` in :mod:`npsn.losses`); hinge and
+    the non-saturating generator loss (``nonsaturating`` in :mod:`npsn.gan.losses`); hinge and
     Wasserstein are selectable too. PacGAN's optimizer is Adam(lr 1e-4, beta1 0.8, beta2 0.999)
     for 400 epochs of 1,000 iterations = 400,000 iterations, far beyond a CPU budget. The defaults
     here, for runs of a few thousand iterations, are Adam(2e-4, 0.5, 0.999) -- the SN-GAN paper's
@@ -56,208 +56,14 @@ import time
 import numpy as np
 from PIL import Image, ImageDraw
 
-from . import backend
-from .activations import LeakyReLU, ReLU, Scale
-from .batchnorm import BatchNorm1d
-from .cnn_models import init_normal
-from .linear import Linear
-from .losses import get_loss
-from .module import Sequential
-from .optim import Adam
-from .spectral_norm import SpectralNorm
-from .trainer import TrainingDiverged
-from .updates import discriminator_update, generator_update
-
-HQ_THRESHOLD = 3.0  # high quality: within 3 standard deviations of the nearest mode
-
-# ---------------------------------------------------------------------- data
-
-
-@dataclasses.dataclass(frozen=True)
-class GaussianMixture2D:
-    """A uniform mixture of K isotropic 2-D Gaussians N(mu_k, std^2 I).
-
-    Attributes:
-        name: "ring" or "grid" (used in file names and tables).
-        means: (K, 2) float64 host array of the mode centers mu_k.
-        std: the common standard deviation sigma of every mode (per coordinate).
-        extent: half-width of the square [-extent, extent]^2 drawn by :func:`save_scatter`.
-    """
-
-    name: str
-    means: np.ndarray
-    std: float
-    extent: float
-
-    @property
-    def num_modes(self):
-        return len(self.means)
-
-    def sample(self, n, rng):
-        """Draw n points on the host: x = mu_k + std * eps, k ~ Uniform{0..K-1}, eps ~ N(0, I).
-
-        Args:
-            n: number of points.
-            rng: ``numpy.random.Generator``.
-        Returns:
-            (x, k): x (n, 2) float32 host array; k (n,) int64 mode labels.
-        """
-        k = rng.integers(0, self.num_modes, size=n)
-        # x = mu_k + sigma eps
-        x = self.means[k] + self.std * rng.standard_normal((n, 2))
-        return x.astype(np.float32), k
-
-
-def ring(num_modes=8, radius=1.0, std=0.01):
-    """PacGAN's 2D-ring: ``num_modes`` Gaussians with means radius (cos 2 pi k/K, sin 2 pi k/K), std 0.01."""
-    angles = 2 * np.pi * np.arange(num_modes) / num_modes
-    means = radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)
-    return GaussianMixture2D("ring", means, std, extent=1.5 * radius)
-
-
-def grid(side=5, spacing=2.0, std=0.05):
-    """PacGAN's 2D-grid: side^2 Gaussians at {-4, -2, 0, 2, 4}^2 (for side 5, spacing 2), std 0.05."""
-    coords = spacing * (np.arange(side) - (side - 1) / 2)
-    means = np.array([(a, b) for a in coords for b in coords], dtype=np.float64)
-    return GaussianMixture2D("grid", means, std, extent=float(coords[-1]) + spacing)
-
-
-DATASETS = {"ring": ring, "grid": grid}
-
-
-def get_dataset(name):
-    """The mixture registered under ``name`` in :data:`DATASETS` (ValueError listing the choices otherwise)."""
-    try:
-        return DATASETS[name]()
-    except KeyError:
-        raise ValueError(f"unknown 2-D dataset {name!r}: choose one of {', '.join(sorted(DATASETS))}") from None
-
-
-# ---------------------------------------------------------------------- metrics
-
-
-def assign_to_modes(samples, mixture):
-    """Nearest mode of each sample and its distance to it in units of the mode's std.
-
-    Args:
-        samples: (N, 2) array on either device (copied to the host: this is evaluation, not training).
-        mixture: a :class:`GaussianMixture2D`.
-    Returns:
-        (nearest, r): nearest (N,) int64 mode index; r (N,) float64, r = min_k ||x - mu_k|| / sigma.
-    """
-    x = backend.to_numpy(samples).astype(np.float64)
-    # d2[n, k] = ||x_n - mu_k||^2
-    d2 = ((x[:, None, :] - mixture.means[None, :, :]) ** 2).sum(axis=2)
-    nearest = d2.argmin(axis=1)
-    # r = ||x - mu_nearest|| / sigma
-    r = np.sqrt(d2[np.arange(len(x)), nearest]) / mixture.std
-    return nearest, r
-
-
-def mode_metrics(samples, mixture, threshold=HQ_THRESHOLD):
-    """PacGAN's mode-collapse metrics of a set of generated samples (see the module docstring).
-
-    Args:
-        samples: (N, 2) array on either device.
-        mixture: the true :class:`GaussianMixture2D`.
-        threshold: HQ radius in standard deviations (3).
-    Returns:
-        dict of host Python values: ``modes`` (int, modes with >= 1 HQ sample), ``hq_fraction``
-        (float in [0, 1]), ``reverse_kl`` (float, NaN when no sample is HQ), ``mode_counts``
-        (list of K ints: HQ samples per mode), ``num_samples`` (int).
-
-    .. math::
-        n_k = \\#\\{x : \\text{nearest}(x) = k,\\ r(x) < 3\\}, \\quad
-        p_g(k) = \\frac{n_k}{\\sum_j n_j}, \\quad
-        \\mathrm{KL}(p_g \\,\\|\\, U_K) = \\sum_{k:\\,p_g(k)>0} p_g(k) \\log\\big(K\\,p_g(k)\\big).
-    """
-    nearest, r = assign_to_modes(samples, mixture)
-    hq = r < threshold
-    counts = np.bincount(nearest[hq], minlength=mixture.num_modes)
-    n_hq = int(counts.sum())
-    if n_hq > 0:
-        p = counts[counts > 0] / n_hq
-        # KL(p_g || uniform) = sum_k p_g(k) log(K p_g(k)), over modes with p_g(k) > 0
-        reverse_kl = float(np.sum(p * np.log(mixture.num_modes * p)))
-    else:
-        reverse_kl = math.nan
-    return {
-        "modes": int(np.count_nonzero(counts)),
-        "hq_fraction": n_hq / len(r),
-        "reverse_kl": reverse_kl,
-        "mode_counts": [int(c) for c in counts],
-        "num_samples": int(len(r)),
-    }
-
-
-# ---------------------------------------------------------------------- models
-
-
-def make_generator(z_dim=2, hidden=400, depth=4, out_dim=2, bn_momentum=0.05, rng=None):
-    """PacGAN's 2-D generator: ``depth`` x [Linear(no bias) -> BatchNorm1d -> ReLU] -> Linear(hidden, 2).
-
-    Args:
-        z_dim, hidden, depth, out_dim: latent size, width, number of hidden layers, output size.
-        bn_momentum: BatchNorm running-statistics momentum (PacGAN's population update uses 0.05).
-        rng: host ``numpy.random.Generator`` for the N(0, 0.02^2) weights (default: seed 0).
-    Returns:
-        a :class:`~npsn.module.Sequential`: z (N, z_dim) -> x (N, out_dim).
-
-    The hidden Linears have no bias because BatchNorm's shift makes it redundant (PacGAN's
-    ``use_bias=False``); the output layer has one.
-    """
-    rng = rng if rng is not None else np.random.default_rng(0)
-    layers, width = [], z_dim
-    for _ in range(depth):
-        layers += [init_normal(Linear(width, hidden, bias=False, rng=rng), rng),
-                   BatchNorm1d(hidden, momentum=bn_momentum), ReLU()]
-        width = hidden
-    layers.append(init_normal(Linear(width, out_dim, rng=rng), rng))
-    return Sequential(*layers)
-
-
-D_ACTIVATIONS = {"leaky_relu": lambda: LeakyReLU(0.2), "relu": ReLU}
-
-
-D_INITS = ("default", "normal")
-
-
-def make_discriminator(in_dim=2, hidden=200, depth=3, sn=True, activation="leaky_relu", init="default", rng=None,
-                       input_scale=1.0):
-    """A 2-D discriminator: ``depth`` x [Linear -> activation] -> Linear(hidden, 1), SN on every Linear if ``sn``.
-
-    Args:
-        in_dim, hidden, depth: input size, width, number of hidden layers (PacGAN: 2, 200, 3).
-        sn: wrap every Linear (the output layer included) in :class:`SpectralNorm`.
-        activation: "leaky_relu" (slope 0.2) or "relu" -- standing in for PacGAN's 5-piece maxout.
-        init: "default" (npsn's = PyTorch's U(+-1/sqrt(fan_in)) for weights and biases) or
-            "normal" (PacGAN's: weights N(0, 0.02^2), biases 0).
-        rng: host generator for weights and SN's initial u, v (default: seed 0).
-        input_scale: s; when not 1 the first layer is ``Scale(s)``, so D sees s x (see :class:`ToyGAN`).
-    Returns:
-        a :class:`~npsn.module.Sequential`: x (N, in_dim) -> logits (N, 1).
-    """
-    if activation not in D_ACTIVATIONS:
-        raise ValueError(f"unknown activation {activation!r}: choose one of {', '.join(sorted(D_ACTIVATIONS))}")
-    if init not in D_INITS:
-        raise ValueError(f"unknown init {init!r}: choose one of {', '.join(D_INITS)}")
-    rng = rng if rng is not None else np.random.default_rng(0)
-
-    def linear(a, b):
-        layer = Linear(a, b, rng=rng)
-        if init == "normal":
-            init_normal(layer, rng)
-        return SpectralNorm(layer, rng=rng) if sn else layer
-
-    layers, width = ([] if input_scale == 1 else [Scale(input_scale)]), in_dim
-    for _ in range(depth):
-        layers += [linear(width, hidden), D_ACTIVATIONS[activation]()]
-        width = hidden
-    layers.append(linear(width, 1))
-    return Sequential(*layers)
-
-
-# ---------------------------------------------------------------------- training
+from npsn import backend
+from npsn.data.mixtures import get_dataset
+from npsn.eval.modes import HQ_THRESHOLD, assign_to_modes, mode_metrics
+from npsn.gan.mlp import make_discriminator, make_generator
+from npsn.gan.losses import get_loss
+from npsn.gan.trainer import TrainingDiverged
+from npsn.gan.updates import discriminator_update, generator_update
+from npsn.optim import Adam
 
 
 @dataclasses.dataclass
@@ -299,7 +105,7 @@ class ToyGAN:
     the CPU and the GPU (everything random is drawn with NumPy and moved with ``to_device``).
 
     **D's input scale** s = ``config.d_input_scale``: D is applied to s x instead of x, i.e. the
-    critic is x -> D(s x) (a :class:`~npsn.activations.Scale` first layer). With SN, D is 1-Lipschitz (at most) in its input, so x -> D(s x) is
+    critic is x -> D(s x) (a :class:`~npsn.nn.activations.Scale` first layer). With SN, D is 1-Lipschitz (at most) in its input, so x -> D(s x) is
     s-Lipschitz in x: a spectrally normalized D on the ring (modes 0.77 apart, std 0.01) can change
     its logit by at most 0.03 across a mode's 3-std disc, and s raises that bound. It is the same
     as training on data and generator outputs scaled by s; Scale's backward gives the chain rule
@@ -412,26 +218,6 @@ def train(config, log_every=0, eval_every=0, log=print):
     return {"config": dataclasses.asdict(config), "metrics": metrics, "final_loss_d": loss_d,
             "final_loss_g": loss_g, "seconds": seconds, "history": history, "samples": samples}
 
-
-# ---------------------------------------------------------------------- summary
-
-
-def mean_std(values):
-    """(mean, sample standard deviation with ddof=1; 0 for one value) of a list of floats, NaN-propagating."""
-    v = np.asarray(values, dtype=np.float64)
-    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
-
-
-def summarize(metrics_list):
-    """Mean and spread over seeds: {"modes": (mean, std), "hq_percent": (mean, std), "reverse_kl": (mean, std)}."""
-    return {
-        "modes": mean_std([m["modes"] for m in metrics_list]),
-        "hq_percent": mean_std([100 * m["hq_fraction"] for m in metrics_list]),
-        "reverse_kl": mean_std([m["reverse_kl"] for m in metrics_list]),
-    }
-
-
-# ---------------------------------------------------------------------- scatter plot
 
 REAL_COLOR = (170, 170, 170)
 HQ_COLOR = (31, 119, 180)  # generated, within 3 std of a mode

@@ -1,6 +1,6 @@
 """2-D convolution and transposed convolution by im2col / col2im and one matrix product.
 
-Layouts: activations are channels-last, x (N, H, W, C) (see :mod:`npsn.reshape`); weights
+Layouts: activations are channels-last, x (N, H, W, C) (see :mod:`npsn.nn.reshape`); weights
 keep PyTorch's layouts, Conv2d ``(out, in, kh, kw)`` and ConvTranspose2d ``(in, out, kh, kw)``.
 
 ``im2col`` gathers, for every output pixel, the kh x kw x C input patch it sees, as one row
@@ -13,93 +13,10 @@ images or pixels, and without ``ufunc.at``. Because col2im is the exact adjoint 
 * ConvTranspose2d *is* Conv2d's input-gradient map, so its forward is col2im and its
   backward im2col: the two layers are exact adjoints of each other.
 """
-from . import init
-from .backend import get_array_module
-from .module import Module, Parameter
-from .threads import parallel_chunks
-
-
-def conv_output_size(size, kernel, stride, padding):
-    """Output length of a convolution along one axis: floor((size + 2 padding - kernel) / stride) + 1."""
-    return (size + 2 * padding - kernel) // stride + 1
-
-
-def valid_range(out_size, in_size, offset, stride, padding):
-    """The output positions whose tap at kernel ``offset`` reads inside the (unpadded) input, along one axis.
-
-    Output position i reads input position r = stride * i + offset - padding. Returns
-    ``(i0, i1, r0)``: exactly the i in [i0, i1) have 0 <= r < in_size, and r0 is the first such r.
-    The other output positions fall on the zero padding (col2im drops them).
-    """
-    # smallest i with r >= 0 (ceil division), and one past the largest i with r <= in_size - 1
-    i0 = max(0, -((offset - padding) // stride))
-    i1 = max(i0, min(out_size, (in_size - 1 + padding - offset) // stride + 1))
-    return i0, i1, stride * i0 + offset - padding
-
-
-def im2col(x, kh, kw, stride, padding):
-    """Patches of a channels-last image batch.
-
-    Args:
-        x: (N, H, W, C).
-    Returns:
-        cols: (N, Ho, Wo, kh, kw, C), C-contiguous, with cols[n, i, j, a, b, c] = x_pad[n, s*i + a, s*j + b, c],
-        where x_pad is x zero-padded by ``padding`` on both sides of H and W.
-
-    The patches are first a strided *view* of x_pad (every window shares x_pad's memory), then
-    one copy writes them out in order: sequential writes, measured 2-3 times faster than one
-    strided copy per kernel offset. Padding and copy are split over the images between host
-    threads (:func:`npsn.threads.parallel_chunks`).
-    """
-    xp = get_array_module(x)
-    n, h, w, c = x.shape
-    ho, wo = conv_output_size(h, kh, stride, padding), conv_output_size(w, kw, stride, padding)
-    p = padding
-    x_pad = xp.empty((n, h + 2 * p, w + 2 * p, c), dtype=x.dtype) if p else x
-    cols = xp.empty((n, ho, wo, kh, kw, c), dtype=x.dtype)
-    sn, sh, sw, sc = x_pad.strides
-    # windows[n, i, j, a, b, c] = x_pad[n, s*i + a, s*j + b, c]  (a view: no data is copied yet)
-    windows = xp.lib.stride_tricks.as_strided(
-        x_pad, shape=(n, ho, wo, kh, kw, c), strides=(sn, stride * sh, stride * sw, sh, sw, sc))
-
-    def work(start, stop):  # images [start, stop): pad them, then copy their windows out in order
-        if p:
-            x_pad[start:stop] = 0
-            x_pad[start:stop, p:p + h, p:p + w] = x[start:stop]
-        cols[start:stop] = windows[start:stop]
-
-    parallel_chunks(x, work)
-    return cols
-
-
-def col2im(cols, height, width, stride, padding):
-    """The adjoint of :func:`im2col`: add every patch back at the place it was taken from.
-
-    Args:
-        cols: (N, Ho, Wo, kh, kw, C).
-        height, width: H and W of the image im2col read (not derivable when stride > 1).
-    Returns:
-        x: (N, H, W, C) with x[n, y, z, c] = sum of cols[n, i, j, a, b, c] over all (i, j, a, b)
-        with s*i + a - padding = y and s*j + b - padding = z (taps on the padding are dropped).
-
-    Images are independent, so they are split between host threads (:func:`npsn.threads.parallel_chunks`).
-    """
-    xp = get_array_module(cols)
-    n, ho, wo, kh, kw, c = cols.shape
-    x = xp.empty((n, height, width, c), dtype=cols.dtype)
-
-    def work(start, stop):  # images [start, stop)
-        x[start:stop] = 0
-        for a in range(kh):
-            i0, i1, r0 = valid_range(ho, height, a, stride, padding)
-            for b in range(kw):
-                j0, j1, q0 = valid_range(wo, width, b, stride, padding)
-                # x[n, s*i + a - p, s*j + b - p, :] += cols[n, i, j, a, b, :]
-                x[start:stop, r0:r0 + stride * (i1 - i0):stride, q0:q0 + stride * (j1 - j0):stride] += \
-                    cols[start:stop, i0:i1, j0:j1, a, b]
-
-    parallel_chunks(cols, work)
-    return x
+from npsn.nn import init
+from npsn.nn.im2col import col2im, im2col
+from npsn.nn.module import Module, Parameter
+from npsn.utils.threads import parallel_chunks
 
 
 def weight_rows(weight):

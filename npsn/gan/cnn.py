@@ -1,28 +1,20 @@
 """The standard CNN generator and discriminator of Miyato et al. (2018), Table 3.
 
-Both are :class:`~npsn.module.Sequential`, so parameter names are PyTorch's for the same
+Both are :class:`~npsn.nn.module.Sequential`, so parameter names are PyTorch's for the same
 ``nn.Sequential`` ("0.weight", "2.running_mean", ...); the layout layers (Reshape,
 ToChannelsFirst/Last) have no parameters and correspond to ``nn.Unflatten``/``nn.Identity``.
 Initialization: N(0, 0.02) weights and zero biases, as in DCGAN and the authors' Chainer code.
 """
-import numpy as np
 
-from . import init
-from .activations import LeakyReLU, ReLU, Tanh
-from .batchnorm import BatchNorm2d
-from .conv import Conv2d, ConvTranspose2d
-from .linear import Linear
-from .module import Sequential
-from .reshape import Flatten, Reshape, ToChannelsFirst, ToChannelsLast
-from .spectral_norm import SpectralNorm
-
-
-def init_normal(layer, rng, std=0.02):
-    """Weights ~ N(0, std^2), bias 0 (returns the layer)."""
-    layer.weight.data = init.normal(layer.weight.data.shape, std, rng)
-    if layer.bias is not None:
-        layer.bias.data = np.zeros_like(layer.bias.data)
-    return layer
+from npsn.nn import init
+from npsn.nn.activations import LeakyReLU, ReLU, Tanh
+from npsn.nn.batchnorm import BatchNorm2d
+from npsn.nn.conv import Conv2d, ConvTranspose2d
+from npsn.nn.init import init_normal
+from npsn.nn.linear import Linear
+from npsn.nn.module import Sequential
+from npsn.nn.reshape import Flatten, Reshape, ToChannelsFirst, ToChannelsLast
+from npsn.nn.spectral_norm import SpectralNorm
 
 
 def cnn_generator(z_dim=128, ch=512, bottom=4, rng=None):

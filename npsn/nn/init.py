@@ -55,3 +55,11 @@ def normal(shape, std=0.02, rng=None, dtype=np.float32):
     """N(0, std^2), the DCGAN initialization (std 0.02)."""
     rng = rng or _default_rng
     return (rng.standard_normal(size=shape) * std).astype(dtype)
+
+
+def init_normal(layer, rng, std=0.02):
+    """Weights ~ N(0, std^2), bias 0 (returns the layer)."""
+    layer.weight.data = normal(layer.weight.data.shape, std, rng)
+    if layer.bias is not None:
+        layer.bias.data = np.zeros_like(layer.bias.data)
+    return layer

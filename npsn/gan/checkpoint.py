@@ -10,7 +10,7 @@ import tempfile
 
 import numpy as np
 
-from .backend import to_numpy
+from npsn.backend import to_numpy
 
 
 def flatten(prefix, state):

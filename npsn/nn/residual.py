@@ -1,5 +1,5 @@
 """The sum of two branches, the skeleton of a ResNet block."""
-from .module import Module
+from npsn.nn.module import Module
 
 
 class Residual(Module):

@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .backend import get_array_module
+from npsn.backend import get_array_module
 
 #: Environment for OpenBLAS, to be set before NumPy is imported (see the module docstring).
 BLAS_ENVIRONMENT = {"OPENBLAS_THREAD_TIMEOUT": "4"}

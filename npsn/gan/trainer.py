@@ -14,15 +14,16 @@ import time
 
 import numpy as np
 
-from . import backend
-from .checkpoint import flatten, load_checkpoint, save_checkpoint, unflatten
-from .cifar10 import MinibatchStream
-from .images import save_grid
-from .losses import get_loss
-from .models import build_gan, spectral_layers
-from .optim import Adam
-from .progress import ProgressBar
-from .updates import discriminator_update, generator_update
+from npsn import backend
+from npsn.data.cifar10 import MinibatchStream
+from npsn.gan.checkpoint import flatten, load_checkpoint, save_checkpoint, unflatten
+from npsn.gan.losses import get_loss
+from npsn.gan.models import build_gan
+from npsn.gan.updates import discriminator_update, generator_update
+from npsn.nn.spectral_norm import spectral_layers
+from npsn.optim import Adam
+from npsn.utils.images import save_grid
+from npsn.utils.progress import ProgressBar
 
 
 @dataclasses.dataclass

@@ -1,6 +1,6 @@
 """Evaluation of a GAN during and after training: SWD against real images and D's spectral diagnostics.
 
-:func:`make_evaluator` builds the callable the :class:`~npsn.trainer.Trainer` runs every
+:func:`make_evaluator` builds the callable the :class:`~npsn.gan.trainer.Trainer` runs every
 ``eval_every`` iterations; its dict is merged into that iteration's log record. It must not change
 anything training depends on: it draws z from its own generator (never ``trainer.noise``), runs G
 and D in eval mode (no BatchNorm running-statistics update, no spectral-norm u, v update),
@@ -14,12 +14,16 @@ import os
 
 import numpy as np
 
-from . import backend
-from .checkpoint import load_checkpoint, unflatten
-from .cifar10 import to_training_array
-from .diagnostics import gradient_norm_estimate, lipschitz_upper_bound, spectral_report
-from .metrics import sliced_wasserstein
-from .models import build_gan
+from npsn import backend
+from npsn.data.cifar10 import to_training_array
+from npsn.eval.spectral import (
+    gradient_norm_estimate,
+    lipschitz_upper_bound,
+    spectral_report,
+)
+from npsn.eval.swd import sliced_wasserstein
+from npsn.gan.checkpoint import load_checkpoint, unflatten
+from npsn.gan.models import build_gan
 
 GENERATION_CHUNK = 250  # images generated per forward of G
 GRADIENT_BATCH = 64  # real and generated images for the gradient-norm estimate
@@ -64,14 +68,14 @@ def diagnose(D, real_uint8, fake, swd_seed=0, gradient_batch=GRADIENT_BATCH, pow
             one first).
         real_uint8: (N, 3, H, W) uint8 real images on D's device.
         fake: (M, 3, H, W) generated float images in [-1, 1] on D's device.
-        swd_seed: the seed of :func:`~npsn.metrics.sliced_wasserstein` (patches and directions).
-        gradient_batch: images of each set used for :func:`~npsn.diagnostics.gradient_norm_estimate`.
-        power_iterations: steps of :func:`~npsn.diagnostics.operator_norm` per layer.
+        swd_seed: the seed of :func:`~npsn.eval.swd.sliced_wasserstein` (patches and directions).
+        gradient_batch: images of each set used for :func:`~npsn.eval.spectral.gradient_norm_estimate`.
+        power_iterations: steps of :func:`~npsn.eval.spectral.operator_norm` per layer.
     Returns:
         a flat JSON-able dict: ``swd_32``, ``swd_16``, ``swd_mean`` (x 1e3), ``grad_norm_max``,
         ``grad_norm_mean`` (over ``gradient_batch`` real and ``gradient_batch`` generated images),
         ``lipschitz_upper_bound`` (product of operator norms, or None for a ResNet), and
-        ``spectral``: one dict per spectral-normalized layer (see :func:`~npsn.diagnostics.spectral_report`).
+        ``spectral``: one dict per spectral-normalized layer (see :func:`~npsn.eval.spectral.spectral_report`).
     """
     xp = backend.get_array_module(fake)
     result = dict(sliced_wasserstein(quantize(fake), real_uint8, seed=swd_seed))
@@ -86,10 +90,10 @@ def diagnose(D, real_uint8, fake, swd_seed=0, gradient_batch=GRADIENT_BATCH, pow
 
 
 def make_evaluator(config, images_uint8):
-    """The evaluation callable for a :class:`~npsn.trainer.Trainer`: ``evaluator(trainer) -> dict``.
+    """The evaluation callable for a :class:`~npsn.gan.trainer.Trainer`: ``evaluator(trainer) -> dict``.
 
     Args:
-        config: the run's :class:`~npsn.trainer.TrainConfig` (``eval_images``, ``seed``, ``z_dim``, ``device``).
+        config: the run's :class:`~npsn.gan.trainer.TrainConfig` (``eval_images``, ``seed``, ``z_dim``, ``device``).
         images_uint8: the training images, uint8 (N, 3, 32, 32) NCHW on the host.
     Returns:
         a function of the trainer returning :func:`diagnose`'s dict for images of trainer.G (eval mode) and trainer.D.

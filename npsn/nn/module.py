@@ -21,7 +21,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from . import backend
+from npsn import backend
 
 
 class BackwardWithoutForwardError(RuntimeError):

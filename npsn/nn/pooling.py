@@ -1,6 +1,6 @@
 """Spatial resampling on channels-last activations (N, H, W, C): average pooling, nearest upsampling, sum pooling."""
-from .backend import get_array_module
-from .module import Module
+from npsn.backend import get_array_module
+from npsn.nn.module import Module
 
 
 class AvgPool2d(Module):

@@ -2,7 +2,7 @@
 import numpy as np
 from PIL import Image
 
-from .backend import to_numpy
+from npsn.backend import to_numpy
 
 
 def to_uint8(images):

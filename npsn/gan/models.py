@@ -1,9 +1,8 @@
 """The model registry: ``build_gan("cnn" | "resnet", ...) -> (G, D)``."""
 import numpy as np
 
-from .cnn_models import cnn_discriminator, cnn_generator
-from .resnet_models import resnet_discriminator, resnet_generator
-from .spectral_norm import SpectralNorm
+from npsn.gan.cnn import cnn_discriminator, cnn_generator
+from npsn.gan.resnet import resnet_discriminator, resnet_generator
 
 MODELS = ("cnn", "resnet")
 DEFAULT_WIDTHS = {"cnn": (512, 64), "resnet": (256, 128)}  # (G ch, D ch) of the paper
@@ -29,7 +28,3 @@ def build_gan(name, z_dim=128, g_ch=None, d_ch=None, sn=True, seed=0):
         return cnn_generator(z_dim, g_ch, rng=rng_g), cnn_discriminator(d_ch, sn=sn, rng=rng_d)
     return resnet_generator(z_dim, g_ch, rng=rng_g), resnet_discriminator(d_ch, sn=sn, rng=rng_d)
 
-
-def spectral_layers(model):
-    """``[(name, SpectralNorm module), ...]`` of a model, in order (for logging sigmas)."""
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, SpectralNorm)]

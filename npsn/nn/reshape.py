@@ -8,7 +8,7 @@ images as NCHW, converting at their boundaries with :class:`ToChannelsLast` and
 internal layout and PyTorch's ``C*H*W`` flattening order, so a Linear weight after them
 loads from PyTorch unchanged.
 """
-from .module import Module
+from npsn.nn.module import Module
 
 
 class ToChannelsLast(Module):

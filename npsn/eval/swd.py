@@ -33,7 +33,7 @@ two CPU cores 2,000 images per set take about 10 s.
 """
 import numpy as np
 
-from .backend import device_of, get_array_module, to_numpy
+from npsn.backend import device_of, get_array_module, to_numpy
 
 # The 5-tap binomial filter [1, 4, 6, 4, 1] / 16; its outer product with itself is ProGAN's 5x5
 # Gaussian filter ([1,4,6,4,1]^T [1,4,6,4,1] / 256), so the 2-D blur is two 1-D passes.

@@ -1,15 +1,15 @@
 """Elementwise activations. Each keeps its output (or a mask) for backward; shapes are unchanged."""
-from .backend import get_array_module
-from .losses import sigmoid
-from .module import Module
-from .threads import parallel_chunks
+from npsn.backend import get_array_module
+from npsn.nn.functional import sigmoid
+from npsn.nn.module import Module
+from npsn.utils.threads import parallel_chunks
 
 
 class ReLU(Module):
     """y = max(x, 0).  dL/dx = dL/dy * [x > 0]  (subgradient 0 at x = 0, as PyTorch).
 
     Forward keeps y; y > 0 exactly where x > 0. Both passes are split over the batch between
-    host threads (:func:`npsn.threads.parallel_chunks`).
+    host threads (:func:`npsn.utils.threads.parallel_chunks`).
     """
 
     def forward(self, x):
@@ -42,7 +42,7 @@ class LeakyReLU(Module):
 
     Backward: dL/dx = dL/dy * d. Forward keeps d (the local derivative), so backward is one
     product. Both passes are split over the batch between host threads
-    (:func:`npsn.threads.parallel_chunks`).
+    (:func:`npsn.utils.threads.parallel_chunks`).
     """
 
     def __init__(self, negative_slope=0.01):

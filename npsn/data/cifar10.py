@@ -48,7 +48,7 @@ IMAGE_SHAPE = (3, 32, 32)
 ROW_LENGTH = 3 * 32 * 32  # 3072 values per image row
 
 GET_DATA_HINT = (
-    f"get CIFAR-10 with `--download` (npsn.cifar10.download_cifar10(root)), or pass `--data PATH` "
+    f"get CIFAR-10 with `--download` (npsn.data.cifar10.download_cifar10(root)), or pass `--data PATH` "
     f"pointing to {ARCHIVE_NAME}, to the extracted {FOLDER_NAME}/ folder, or to a folder holding either"
 )
 

@@ -1,10 +1,10 @@
 """The two GAN updates, shared by every training loop (CIFAR-10 and the 2-D toy problems).
 
-Each takes the models, one optimizer and a loss pair from :mod:`npsn.losses`, and returns the
+Each takes the models, one optimizer and a loss pair from :mod:`npsn.gan.losses`, and returns the
 0-d loss (no host transfer).
 """
-from .backend import get_array_module
-from .module import input_grad
+from npsn.backend import get_array_module
+from npsn.nn.module import input_grad
 
 
 def discriminator_update(G, D, opt_d, d_loss, x_real, z):

@@ -1,0 +1,7 @@
+"""The GAN experiment: the paper's models, the losses, the D and G updates, the resumable trainer.
+
+``build_gan`` (:mod:`npsn.gan.models`) builds the standard CNN (:mod:`npsn.gan.cnn`, Table 3) or
+the ResNet (:mod:`npsn.gan.resnet`, Table 4); :mod:`npsn.gan.updates` holds the one GAN iteration
+every training loop shares (CIFAR-10's :mod:`npsn.gan.trainer` and the 2-D :mod:`npsn.gan.toy`).
+"""
+from npsn.gan.models import MODELS, build_gan
