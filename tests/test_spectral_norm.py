@@ -218,3 +218,69 @@ def test_matrix_reshape_round_trip():
         assert m.shape == (w.shape[dim], w.size // w.shape[dim])
         np.testing.assert_array_equal(m[:, 0], np.moveaxis(w, dim, 0).reshape(w.shape[dim], -1)[:, 0])
         np.testing.assert_array_equal(matrix_to_weight(m, w.shape, dim), w)
+
+
+# ---------------------------------------------------------------------------------- composition
+# Each layer computes with an explicit weight (forward_with / backward_with); SpectralNorm passes
+# W_SN to it and never puts W_SN into the layer.
+EXPLICIT_WEIGHT_LAYERS = {
+    "Linear": (lambda rng: npsn.Linear(6, 4, rng=rng), (3, 6)),
+    "Conv2d(gather)": (lambda rng: npsn.Conv2d(3, 4, 3, 2, 1, rng=rng), (2, 6, 5, 3)),
+    "Conv2d(scatter)": (lambda rng: npsn.Conv2d(5, 2, 3, 1, 1, rng=rng), (2, 5, 4, 5)),  # stride 1, O < C
+    "ConvTranspose2d": (lambda rng: npsn.ConvTranspose2d(3, 4, 4, 2, 1, rng=rng), (2, 3, 4, 3)),
+}
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("name", list(EXPLICIT_WEIGHT_LAYERS))
+def test_wrapped_layer_keeps_w_through_forward_and_backward(name, training, device):
+    build, shape = EXPLICIT_WEIGHT_LAYERS[name]
+    rng = np.random.default_rng(5)
+    sn = npsn.SpectralNorm(build(rng), rng=rng).to(device).train(training)
+    W = to_numpy(sn.weight_orig.data).copy()
+    x = to_device(rng.standard_normal(shape).astype(np.float32), device)
+    for _ in range(2):
+        y = sn(x)
+        sn.backward(y * 0 + 1)
+        assert sn.module.weight is sn.weight_orig
+        np.testing.assert_array_equal(to_numpy(sn.module.weight.data), W)
+        assert abs(float(to_numpy(sn.sigma)) - 1) > 1e-2  # W_SN differs from W, so the check above means something
+        assert sn.weight_orig.grad is not None
+    assert list(sn.state_dict())[:2] == ["weight_orig", "bias"]
+
+
+@pytest.mark.parametrize("name", list(EXPLICIT_WEIGHT_LAYERS))
+def test_forward_with_own_weight_equals_forward(name, device):
+    build, shape = EXPLICIT_WEIGHT_LAYERS[name]
+    rng = np.random.default_rng(6)
+    layer = build(rng).to(device)
+    if name == "Conv2d(scatter)":
+        assert layer.scatter
+    x = to_device(rng.standard_normal(shape).astype(np.float32), device)
+
+    y = layer(x)
+    G = to_device(rng.standard_normal(y.shape).astype(np.float32), device)
+    grad_in = layer.backward(G)
+    grad_weight, grad_bias = layer.weight.grad, layer.bias.grad
+
+    layer.zero_grad()
+    y_with = layer.forward_with(x, layer.weight.data)
+    grad_in_with, grad_weight_with = layer.backward_with(G)
+    np.testing.assert_array_equal(to_numpy(y_with), to_numpy(y))
+    np.testing.assert_array_equal(to_numpy(grad_in_with), to_numpy(grad_in))
+    np.testing.assert_array_equal(to_numpy(grad_weight_with), to_numpy(grad_weight))
+    # backward_with accumulates the bias gradient itself, and leaves weight.grad alone
+    np.testing.assert_array_equal(to_numpy(layer.bias.grad), to_numpy(grad_bias))
+    assert layer.weight.grad is None
+
+    # dL/dx is None without needs_input_grad, dL/dweight is None without weight.requires_grad
+    layer.forward_with(x, layer.weight.data)
+    with npsn.input_grad(layer, False):
+        grad_in_none, grad_weight_again = layer.backward_with(G)
+    assert grad_in_none is None
+    np.testing.assert_array_equal(to_numpy(grad_weight_again), to_numpy(grad_weight))
+    layer.weight.requires_grad = False
+    layer.forward_with(x, layer.weight.data)
+    grad_in_again, grad_weight_none = layer.backward_with(G)
+    assert grad_weight_none is None
+    np.testing.assert_array_equal(to_numpy(grad_in_again), to_numpy(grad_in))

@@ -128,9 +128,16 @@ class _ConvBase(Module):
             parallel_chunks(y, work)
         return y
 
-    def _accumulate_grads(self, grad_out, grad_weight):
+    def forward(self, x):
+        return self.forward_with(x, self.weight.data)
+
+    def backward(self, grad_out):
+        grad_in, grad_weight = self.backward_with(grad_out)
         if grad_weight is not None:
             self.weight.accumulate_grad(grad_weight)
+        return grad_in
+
+    def _accumulate_bias_grad(self, grad_out):
         if self.bias is not None and self.bias.requires_grad:
             # dL/db[o] = sum over n, y, x of G[n, y, x, o]
             self.bias.accumulate_grad(grad_out.sum(axis=(0, 1, 2)))
@@ -141,7 +148,7 @@ class _ConvBase(Module):
 
 
 class Conv2d(_ConvBase):
-    """2-D cross-correlation, PyTorch's ``nn.Conv2d`` (square kernel, stride, zero padding, bias).
+    r"""2-D cross-correlation, PyTorch's ``nn.Conv2d`` (square kernel, stride, zero padding, bias).
 
     Args:
         in_channels (C), out_channels (O), kernel_size (k), stride (s), padding (p), bias, rng.
@@ -155,13 +162,32 @@ class Conv2d(_ConvBase):
     forward is ``Y = X W_mat + b``. Backward, with G = dL/dY (N Ho Wo, O):
 
     .. math::
-        \\frac{\\partial L}{\\partial W_{mat}} = X^T G, \\qquad
-        \\frac{\\partial L}{\\partial b} = \\textstyle\\sum_{rows} G, \\qquad
-        \\frac{\\partial L}{\\partial x} = \\mathrm{col2im}(G W_{mat}^T).
+        \frac{\partial L}{\partial W_{mat}} = X^T G, \qquad
+        \frac{\partial L}{\partial b} = \textstyle\sum_{rows} G, \qquad
+        \frac{\partial L}{\partial x} = \mathrm{col2im}(G W_{mat}^T).
 
     When stride is 1 and O < C the same map is computed as the transposed convolution of the
     flipped kernel (:func:`_flip`, padding k-1-p), which moves k k O instead of k k C values per
     pixel; the result is the same up to floating-point rounding.
+
+    The map is computed by :meth:`forward_with` / :meth:`backward_with` for any weight array;
+    ``forward`` and ``backward`` use ``self.weight`` (:class:`~npsn.nn.spectral_norm.SpectralNorm`
+    passes W / sigma instead).
+
+    >>> import numpy as np, npsn
+    >>> rng = np.random.default_rng(0)
+    >>> conv = npsn.Conv2d(3, 8, kernel_size=3, padding=1, rng=rng)
+    >>> x = rng.standard_normal((2, 5, 5, 3)).astype(np.float32)  # channels-last (N, H, W, C)
+    >>> y = conv(x)
+    >>> y.shape
+    (2, 5, 5, 8)
+    >>> grad_x = conv.backward(np.ones_like(y))  # returns dL/dx, adds dL/dW and dL/db into .grad
+    >>> grad_x.shape, conv.weight.grad.shape
+    ((2, 5, 5, 3), (8, 3, 3, 3))
+    >>> conv.bias.grad  # dL/db[o] = sum of G[..., o] over N Ho Wo = 2 * 5 * 5 positions
+    array([50., 50., 50., 50., 50., 50., 50., 50.], dtype=float32)
+    >>> bool(np.all(conv.forward_with(x, 0 * conv.weight.data) == conv.bias.data))  # any weight: 0 leaves b
+    True
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, rng=None):
@@ -173,33 +199,40 @@ class Conv2d(_ConvBase):
         """True when this convolution is computed as the flipped transposed convolution (stride 1, O < C)."""
         return self.stride == 1 and self.out_channels < self.in_channels
 
-    def forward(self, x):
+    def forward_with(self, x, weight):
+        """Y = X W_mat + b with W_mat from ``weight`` (shaped as ``self.weight``) and this layer's b."""
         if self.scatter:
+            # the same map as the transposed convolution of the flipped kernel
             flipped_padding = self.kernel_size - 1 - self.padding
-            y, x_mat = scatter_forward(x, _flip(self.weight.data), 1, flipped_padding)
-            self.save_for_backward(x_mat=x_mat)
+            y, x_mat = scatter_forward(x, _flip(weight), 1, flipped_padding)
+            self.save_for_backward(x_mat=x_mat, weight=weight)
         else:
-            y, cols = gather_forward(x, self.weight.data, self.stride, self.padding)
-            self.save_for_backward(cols=cols, input_hw=x.shape[1:3])
+            # Y = im2col(x) W_mat
+            y, cols = gather_forward(x, weight, self.stride, self.padding)
+            self.save_for_backward(cols=cols, input_hw=x.shape[1:3], weight=weight)
         return self._add_bias(y)
 
-    def backward(self, grad_out):
+    def backward_with(self, grad_out):
+        """``(dL/dx, dL/dweight)`` for the weight of the last :meth:`forward_with`; adds dL/db into ``bias.grad``.
+
+        dL/dx is None when ``needs_input_grad`` is False, dL/dweight when ``weight.requires_grad`` is.
+        """
         saved = self.saved()
         need = self.weight.requires_grad
         if self.scatter:
             flipped_padding = self.kernel_size - 1 - self.padding
-            grad_in, grad_flipped = scatter_backward(grad_out, saved.x_mat, _flip(self.weight.data), 1,
+            grad_in, grad_flipped = scatter_backward(grad_out, saved.x_mat, _flip(saved.weight), 1,
                                                      flipped_padding, need, self.needs_input_grad)
             grad_weight = None if grad_flipped is None else _flip(grad_flipped)
         else:
-            grad_in, grad_weight = gather_backward(grad_out, saved.cols, self.weight.data, saved.input_hw,
+            grad_in, grad_weight = gather_backward(grad_out, saved.cols, saved.weight, saved.input_hw,
                                                    self.stride, self.padding, need, self.needs_input_grad)
-        self._accumulate_grads(grad_out, grad_weight)
-        return grad_in
+        self._accumulate_bias_grad(grad_out)
+        return grad_in, grad_weight
 
 
 class ConvTranspose2d(_ConvBase):
-    """Transposed convolution, PyTorch's ``nn.ConvTranspose2d`` (square kernel, stride, padding, bias; no output_padding).
+    r"""Transposed convolution, PyTorch's ``nn.ConvTranspose2d`` (square kernel, stride, padding, bias; no output_padding).
 
     It is the adjoint (input-gradient map) of a Conv2d with the same weight, k, s, p:
     ConvTranspose2d(x) = col2im(X W_mat^T) + b.
@@ -218,23 +251,32 @@ class ConvTranspose2d(_ConvBase):
     matrix (im2col is col2im's adjoint):
 
     .. math::
-        \\frac{\\partial L}{\\partial X} = G_c W_{mat}, \\qquad
-        \\frac{\\partial L}{\\partial W_{mat}} = G_c^T X, \\qquad
-        \\frac{\\partial L}{\\partial b} = \\textstyle\\sum G .
+        \frac{\partial L}{\partial X} = G_c W_{mat}, \qquad
+        \frac{\partial L}{\partial W_{mat}} = G_c^T X, \qquad
+        \frac{\partial L}{\partial b} = \textstyle\sum G .
+
+    The map is computed by :meth:`forward_with` / :meth:`backward_with` for any weight array;
+    ``forward`` and ``backward`` use ``self.weight`` (:class:`~npsn.nn.spectral_norm.SpectralNorm`
+    passes W / sigma instead).
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, rng=None):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, bias,
                          (in_channels, out_channels, kernel_size, kernel_size), rng)
 
-    def forward(self, x):
-        y, x_mat = scatter_forward(x, self.weight.data, self.stride, self.padding)
-        self.save_for_backward(x_mat=x_mat)
+    def forward_with(self, x, weight):
+        """y = col2im(X W_mat^T) + b with W_mat from ``weight`` (shaped as ``self.weight``) and this layer's b."""
+        y, x_mat = scatter_forward(x, weight, self.stride, self.padding)
+        self.save_for_backward(x_mat=x_mat, weight=weight)
         return self._add_bias(y)
 
-    def backward(self, grad_out):
-        x_mat = self.saved().x_mat
-        grad_in, grad_weight = scatter_backward(grad_out, x_mat, self.weight.data, self.stride, self.padding,
+    def backward_with(self, grad_out):
+        """``(dL/dx, dL/dweight)`` for the weight of the last :meth:`forward_with`; adds dL/db into ``bias.grad``.
+
+        dL/dx is None when ``needs_input_grad`` is False, dL/dweight when ``weight.requires_grad`` is.
+        """
+        saved = self.saved()
+        grad_in, grad_weight = scatter_backward(grad_out, saved.x_mat, saved.weight, self.stride, self.padding,
                                                 self.weight.requires_grad, self.needs_input_grad)
-        self._accumulate_grads(grad_out, grad_weight)
-        return grad_in
+        self._accumulate_bias_grad(grad_out)
+        return grad_in, grad_weight

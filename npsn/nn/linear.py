@@ -4,7 +4,7 @@ from npsn.nn.module import Module, Parameter
 
 
 class Linear(Module):
-    """y = x W^T + b, PyTorch's ``nn.Linear``.
+    r"""y = x W^T + b, PyTorch's ``nn.Linear``.
 
     Args:
         in_features, out_features: sizes of x's and y's last axis.
@@ -19,9 +19,13 @@ class Linear(Module):
     Backward, with G = dL/dy (N, out):
 
     .. math::
-        \\frac{\\partial L}{\\partial x} = G W, \\qquad
-        \\frac{\\partial L}{\\partial W} = G^T x, \\qquad
-        \\frac{\\partial L}{\\partial b} = \\textstyle\\sum_n G_n .
+        \frac{\partial L}{\partial x} = G W, \qquad
+        \frac{\partial L}{\partial W} = G^T x, \qquad
+        \frac{\partial L}{\partial b} = \textstyle\sum_n G_n .
+
+    The map is computed by :meth:`forward_with` / :meth:`backward_with` for any weight array W;
+    ``forward`` and ``backward`` use ``self.weight`` (:class:`~npsn.nn.spectral_norm.SpectralNorm`
+    passes W / sigma instead).
     """
 
     def __init__(self, in_features, out_features, bias=True, rng=None):
@@ -32,25 +36,37 @@ class Linear(Module):
         self.bias = Parameter(init.uniform((out_features,), bound, rng)) if bias else None
 
     def forward(self, x):
-        self.save_for_backward(x=x)
+        return self.forward_with(x, self.weight.data)
+
+    def backward(self, grad_out):
+        grad_in, grad_weight = self.backward_with(grad_out)
+        if grad_weight is not None:
+            self.weight.accumulate_grad(grad_weight)
+        return grad_in
+
+    def forward_with(self, x, weight):
+        """y = x W^T + b with W = ``weight`` (shaped as ``self.weight``) and this layer's b."""
+        self.save_for_backward(x=x, W=weight)
         # y = x W^T + b
-        y = x @ self.weight.data.T
+        y = x @ weight.T
         if self.bias is not None:
             y += self.bias.data
         return y
 
-    def backward(self, grad_out):
-        x = self.saved().x
-        if self.weight.requires_grad:
-            # dL/dW = G^T x
-            self.weight.accumulate_grad(grad_out.T @ x)
+    def backward_with(self, grad_out):
+        """``(dL/dx, dL/dW)`` for the W of the last :meth:`forward_with`; adds dL/db into ``bias.grad``.
+
+        dL/dx is None when ``needs_input_grad`` is False, dL/dW when ``weight.requires_grad`` is.
+        """
+        saved = self.saved()
         if self.bias is not None and self.bias.requires_grad:
             # dL/db = sum_n G_n
             self.bias.accumulate_grad(grad_out.sum(axis=0))
-        if not self.needs_input_grad:
-            return None
+        # dL/dW = G^T x
+        grad_weight = grad_out.T @ saved.x if self.weight.requires_grad else None
         # dL/dx = G W
-        return grad_out @ self.weight.data
+        grad_in = grad_out @ saved.W if self.needs_input_grad else None
+        return grad_in, grad_weight
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"

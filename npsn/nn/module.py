@@ -208,11 +208,7 @@ class Module:
             for name, b in m._buffers.items():
                 floating = np.issubdtype(b.dtype, np.floating)
                 m._buffers[name] = _convert(b, device, dtype if floating else None)
-            m._on_moved()
         return self
-
-    def _on_moved(self):
-        """Hook for modules that hold arrays outside parameters/buffers (called by :meth:`to`)."""
 
     def state_dict(self):
         """A flat ``{name: array}`` dict of parameters then buffers, with PyTorch's names."""
@@ -251,8 +247,6 @@ class Module:
             else:
                 m, name = owners[key]
                 m._buffers[name] = converted
-        for m in self.modules():
-            m._on_moved()
 
     # ------------------------------------------------------------------ display
     def extra_repr(self):
