@@ -9,7 +9,8 @@ Reads RUN_DIR/checkpoint.npz (G, D and the run's configuration), then
 * compares them with --n real images by the Sliced Wasserstein Distance (ProGAN's SWD x 1e3 at
   32x32 and 16x16; lower is better). The real images come from the CIFAR-10 *test* split by
   default (10,000 images never used in training), or with --split train from the training
-  split; either way a subset of --n distinct images drawn by numpy.random.default_rng(seed);
+  split; either way a subset of --n distinct images drawn by numpy.random.default_rng(seed)
+  (npsn.eval.evaluation.real_subset, which also picks the in-training evaluator's images);
 * runs D once (eval mode) on a real batch, then reports per spectral-normalized layer the
   power-iteration sigma, the exact sigma of the reshaped weight, the normalized weight's sigma
   (~1) and the operator norm of the normalized layer on its input (what bounds the Lipschitz
@@ -19,6 +20,8 @@ Reads RUN_DIR/checkpoint.npz (G, D and the run's configuration), then
 
 Prints a table and writes everything to RUN_DIR/eval.json.
 """
+import preamble  # noqa: F401  (before NumPy: see scripts/preamble.py)
+
 import argparse
 import json
 import os
@@ -27,8 +30,9 @@ import sys
 import numpy as np
 
 from npsn import backend
-from npsn.data.cifar10 import CIFAR10Error, load_cifar10, to_training_array
-from npsn.eval.evaluation import GRADIENT_BATCH, RunError, diagnose, find_checkpoint, generate, load_run
+from npsn.data.cifar10 import SPLITS, CIFAR10Error, load_cifar10
+from npsn.data.pixels import pixels_to_unit
+from npsn.eval.evaluation import GRADIENT_BATCH, RunError, diagnose, find_checkpoint, generate, load_run, real_subset
 
 
 def parse_args(argv=None):
@@ -36,20 +40,14 @@ def parse_args(argv=None):
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory holding checkpoint.npz")
     p.add_argument("--data", default="data", help="cifar-10-python.tar.gz or its extracted folder (default: ./data)")
     p.add_argument("--n", type=int, default=2000, help="generated and real images for SWD (default 2000)")
-    p.add_argument("--split", choices=["test", "train"], default="test", help="real images from this split")
+    p.add_argument("--split", choices=tuple(SPLITS), default="test", help="real images from this split")
     p.add_argument("--seed", type=int, default=0, help="seeds z, the real subset and SWD's patches and directions")
-    p.add_argument("--device", default="cpu", help="cpu (NumPy) or gpu (CuPy)")
+    # not argparse's choices: main's backend.check_device reports a bad device in one line
+    p.add_argument("--device", default="cpu", metavar="|".join(backend.DEVICES), help="cpu (NumPy) or gpu (CuPy)")
     p.add_argument("--power-iterations", type=int, default=100,
                    help="power-iteration steps per layer for the operator norms (default 100)")
     p.add_argument("--out", help="where to write the results (default: RUN_DIR/eval.json)")
     return p.parse_args(argv)
-
-
-def real_subset(images, n, seed):
-    """``min(n, len(images))`` distinct images chosen by numpy.random.default_rng(seed), in file order."""
-    if n >= len(images):
-        return images
-    return images[np.sort(np.random.default_rng(seed).choice(len(images), size=n, replace=False))]
 
 
 def print_table(result):
@@ -91,7 +89,7 @@ def main(argv=None):
         args.device)
     fake = generate(G, z)
     D.eval()
-    D(to_training_array(real_uint8[:GRADIENT_BATCH], xp))  # records every layer's input shape; no u, v update
+    D(pixels_to_unit(real_uint8[:GRADIENT_BATCH], xp))  # records every layer's input shape; no u, v update
     result = {"run": args.run_dir, "iteration": meta["iteration"], "model": config["model"],
               "n_generated": int(fake.shape[0]), "n_real": int(real_uint8.shape[0]), "split": args.split,
               "seed": args.seed}

@@ -13,6 +13,8 @@ Reads RUN_DIR/log.jsonl and writes PNGs into RUN_DIR/plots/:
 
 Needs matplotlib, an optional extra: ``pip install npsn[plot]``.
 """
+import preamble  # noqa: F401  (before NumPy: see scripts/preamble.py)
+
 import argparse
 import json
 import os

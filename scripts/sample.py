@@ -7,8 +7,11 @@ G runs in eval mode (BatchNorm's running statistics) on z ~ N(0, I) drawn from
 numpy.random.default_rng(seed), generated in chunks of 250. Output by extension:
 
 * ``.png``: one grid, --nrow images per row (default: ceil(sqrt(n)), 8 for 64 images);
-* ``.npz``: key ``images``, uint8 (n, 3, 32, 32) NCHW, values round((x + 1) * 127.5).
+* ``.npz``: key ``images``, uint8 (n, 3, 32, 32) NCHW, the pixels of npsn.data.pixels.unit_to_pixels
+  (the values the PNG grid holds).
 """
+import preamble  # noqa: F401  (before NumPy: see scripts/preamble.py)
+
 import argparse
 import math
 import sys
@@ -16,7 +19,8 @@ import sys
 import numpy as np
 
 from npsn import backend
-from npsn.eval.evaluation import RunError, generate, load_run, quantize
+from npsn.data.pixels import unit_to_pixels
+from npsn.eval.evaluation import RunError, generate, load_run
 from npsn.utils.images import save_grid
 
 FORMATS = (".png", ".npz")
@@ -29,7 +33,8 @@ def parse_args(argv=None):
     p.add_argument("--out", default="samples.png", help="output file, .png (grid) or .npz (uint8 NCHW)")
     p.add_argument("--seed", type=int, default=0, help="seeds z")
     p.add_argument("--nrow", type=int, help="images per grid row (default: ceil(sqrt(n)))")
-    p.add_argument("--device", default="cpu", help="cpu (NumPy) or gpu (CuPy)")
+    # not argparse's choices: main's backend.check_device reports a bad device in one line
+    p.add_argument("--device", default="cpu", metavar="|".join(backend.DEVICES), help="cpu (NumPy) or gpu (CuPy)")
     return p.parse_args(argv)
 
 
@@ -53,7 +58,7 @@ def main(argv=None):
     if args.out.lower().endswith(".png"):
         save_grid(images, args.out, nrow=args.nrow or math.ceil(math.sqrt(args.n)))
     else:
-        np.savez(args.out, images=backend.to_numpy(quantize(images)))
+        np.savez(args.out, images=backend.to_numpy(unit_to_pixels(images)))
     print(f"wrote {args.n} images of {config['model']} G (iteration {meta['iteration']}) to {args.out}")
     return 0
 

@@ -14,11 +14,15 @@ published in PacGAN's Table 1, and writes into --out:
     table.md                          the printed table
     scatter_<dataset>_<sn|nosn>.png   real (grey) and generated points of the first seed
 """
+import preamble  # noqa: F401  (before NumPy: see scripts/preamble.py)
+
 import argparse
 import json
 import os
 import sys
 import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # PacGAN, Table 1 (Lin et al. 2018): modes covered and % high-quality samples, averaged over runs.
 PUBLISHED = {
@@ -26,38 +30,61 @@ PUBLISHED = {
     "grid": [("GAN (PacGAN Tab. 1)", 17.3, 94.8), ("PacGAN4 (PacGAN Tab. 1)", 24.8, 93.6)],
 }
 
+# --threads is read before the other options: BLAS takes its thread count from the environment
+# when NumPy is imported, and the other options' choices and defaults come from npsn, which imports NumPy.
+THREADS_OPTION = argparse.ArgumentParser(add_help=False)
+THREADS_OPTION.add_argument(
+    "--threads", type=int, default=1,
+    help="BLAS threads per process (these matrices are small: more threads mostly add overhead)")
+
+
+def set_blas_threads(argv=None):
+    """Put --threads into the BLAS environment, before NumPy is imported (here and in worker processes)."""
+    threads = THREADS_OPTION.parse_known_args(argv)[0].threads
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
+
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", choices=["ring", "grid", "both"], default="both")
+    """The command line. Choices and defaults come from npsn (its registries and ToyConfig), so this
+    imports npsn and NumPy: call :func:`set_blas_threads` first."""
+    sys.path.insert(0, REPO)
+    from npsn import backend
+    from npsn.data.mixtures import DATASETS
+    from npsn.gan.losses import LOSSES
+    from npsn.gan.mlp import D_ACTIVATIONS, D_INITS
+    from npsn.gan.toy import ToyConfig
+
+    default = ToyConfig()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                parents=[THREADS_OPTION])
+    p.add_argument("--dataset", choices=(*DATASETS, "both"), default="both")
     sn = p.add_mutually_exclusive_group()
     sn.add_argument("--sn", dest="methods", action="store_const", const=["SN"], help="only D with spectral norm")
     sn.add_argument("--no-sn", dest="methods", action="store_const", const=["no-SN"], help="only D without")
     sn.add_argument("--both", dest="methods", action="store_const", const=["no-SN", "SN"],
                     help="both (the default)")
     p.set_defaults(methods=["no-SN", "SN"])
-    p.add_argument("--loss", choices=["nonsaturating", "hinge", "wasserstein"], default="nonsaturating",
-                   help="GAN loss (PacGAN: nonsaturating)")
-    p.add_argument("--iterations", type=int, default=8000, help="generator updates per run (PacGAN: 400,000)")
+    p.add_argument("--loss", choices=tuple(LOSSES), default=default.loss, help="GAN loss (PacGAN: nonsaturating)")
+    p.add_argument("--iterations", type=int, default=default.iterations,
+                   help="generator updates per run (PacGAN: 400,000)")
     p.add_argument("--seeds", type=int, default=5,
                    help="runs per (dataset, method): seeds first-seed, first-seed+1, ...")
     p.add_argument("--first-seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--lr", type=float, default=2e-4, help="Adam step size (PacGAN: 1e-4)")
-    p.add_argument("--beta1", type=float, default=0.5, help="(PacGAN: 0.8)")
-    p.add_argument("--beta2", type=float, default=0.999)
-    p.add_argument("--n-dis", type=int, default=1, help="D updates per G update")
-    p.add_argument("--d-activation", choices=["leaky_relu", "relu"], default="leaky_relu",
+    p.add_argument("--batch-size", type=int, default=default.batch_size)
+    p.add_argument("--lr", type=float, default=default.lr, help="Adam step size (PacGAN: 1e-4)")
+    p.add_argument("--beta1", type=float, default=default.beta1, help="(PacGAN: 0.8)")
+    p.add_argument("--beta2", type=float, default=default.beta2)
+    p.add_argument("--n-dis", type=int, default=default.n_dis, help="D updates per G update")
+    p.add_argument("--d-activation", choices=tuple(D_ACTIVATIONS), default=default.d_activation,
                    help="D's nonlinearity, standing in for PacGAN's 5-piece maxout")
-    p.add_argument("--d-init", choices=["default", "normal"], default="default",
+    p.add_argument("--d-init", choices=D_INITS, default=default.d_init,
                    help="D's weights: npsn's (PyTorch's) default, or PacGAN's N(0, 0.02^2)")
-    p.add_argument("--d-input-scale", type=float, default=1.0,
+    p.add_argument("--d-input-scale", type=float, default=default.d_input_scale,
                    help="D sees s*x: with SN, an s-Lipschitz critic in x (PacGAN: 1)")
-    p.add_argument("--eval-samples", type=int, default=2500)
-    p.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    p.add_argument("--eval-samples", type=int, default=default.eval_samples)
+    p.add_argument("--device", choices=backend.DEVICES, default=default.device)
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="BLAS threads per process (these matrices are small: more threads mostly add overhead)")
     p.add_argument("--log-every", type=int, default=0, help="print losses every N iterations (0: off)")
     p.add_argument("--eval-every", type=int, default=0,
                    help="also record the metrics every N iterations (in results.json; 0: only at the end)")
@@ -102,22 +129,20 @@ def format_table(summary, datasets, methods, seeds, d_input_scale=1.0):
 
 
 def main(argv=None):
+    set_blas_threads(argv)
     args = parse_args(argv)
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(args.threads)  # before NumPy is imported, here and in worker processes
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from concurrent.futures import ProcessPoolExecutor
     from functools import partial
 
     import numpy as np
 
     from npsn import backend
-    from npsn.data.mixtures import get_dataset
+    from npsn.data.mixtures import DATASETS, get_dataset
     from npsn.eval.modes import summarize
     from npsn.gan.toy import save_scatter
 
     backend.check_device(args.device)
-    datasets = ["ring", "grid"] if args.dataset == "both" else [args.dataset]
+    datasets = list(DATASETS) if args.dataset == "both" else [args.dataset]
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     configs = [dict(dataset=d, sn=(m == "SN"), loss=args.loss, iterations=args.iterations,
                     batch_size=args.batch_size, lr=args.lr, beta1=args.beta1, beta2=args.beta2,

@@ -8,6 +8,8 @@ The model's preset (printed at start) gives every hyperparameter; any option giv
 command line overrides it. A resumed run reads its config.json and continues from its
 checkpoint (options given explicitly, e.g. a larger --iterations, still override).
 """
+import preamble  # noqa: F401  (before NumPy: see scripts/preamble.py)
+
 import argparse
 import dataclasses
 import json
@@ -16,15 +18,12 @@ import signal
 import sys
 import time
 
-# Before NumPy loads OpenBLAS: its idle threads sleep at once instead of spinning, leaving the
-# cores to npsn's host threads (npsn.utils.threads.BLAS_ENVIRONMENT; measured in that module's docstring).
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
-
-from npsn import backend  # noqa: E402 (after the environment above)
-from npsn.utils.allocator import keep_freed_memory  # noqa: E402
-from npsn.data.cifar10 import CIFAR10Error, download_cifar10, load_cifar10  # noqa: E402
-from npsn.gan.models import MODELS  # noqa: E402
-from npsn.gan.trainer import PRESETS, Trainer, TrainingDiverged, TrainConfig, preset_config  # noqa: E402
+from npsn import backend
+from npsn.data.cifar10 import CIFAR10Error, download_cifar10, load_cifar10
+from npsn.gan.losses import LOSSES
+from npsn.gan.models import MODELS
+from npsn.gan.trainer import LR_DECAYS, PRESETS, Trainer, TrainingDiverged, TrainConfig, preset_config
+from npsn.utils.allocator import keep_freed_memory
 
 
 def parse_args(argv=None):
@@ -32,14 +31,14 @@ def parse_args(argv=None):
     # Every option defaults to None, meaning "the preset's (or the resumed run's) value".
     p.add_argument("--device", choices=backend.DEVICES, help="cpu (NumPy) or gpu (CuPy)")
     p.add_argument("--model", choices=MODELS, help="cnn (Table 3) or resnet (Table 4); default cnn")
-    p.add_argument("--loss", choices=["hinge", "nonsaturating", "wasserstein"])
+    p.add_argument("--loss", choices=tuple(LOSSES))
     p.add_argument("--iterations", type=int, help="generator updates")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--beta1", type=float)
     p.add_argument("--beta2", type=float)
     p.add_argument("--n-dis", type=int, help="discriminator updates per generator update")
-    p.add_argument("--lr-decay", choices=["none", "linear"])
+    p.add_argument("--lr-decay", choices=LR_DECAYS)
     p.add_argument("--g-ch", type=int, help="generator base width (default: the paper's)")
     p.add_argument("--d-ch", type=int, help="discriminator base width (default: the paper's)")
     p.add_argument("--no-sn", dest="sn", action="store_const", const=False, help="no spectral normalization in D")

@@ -15,8 +15,8 @@ from npsn.data.cifar10 import (
     download_cifar10,
     load_cifar10,
     load_label_names,
-    to_training_array,
 )
+from npsn.data.pixels import pixels_to_unit, unit_to_pixels
 
 N = 20  # images per fake batch
 
@@ -180,30 +180,43 @@ def test_malformed_test_batch(tmp_path, change, message):
         load_cifar10(write_cifar_members(tmp_path, members), "test")
 
 
-# --- training arrays -------------------------------------------------------------------------
+# --- pixels <-> [-1, 1] ----------------------------------------------------------------------
 
 
-def test_to_training_array_range_and_dtype():
+def test_pixels_to_unit_range_and_dtype():
     images = np.zeros((2, 3, 32, 32), np.uint8)
     images[1] = 255
     images[0, 0, 0, 0] = 128
     for dtype in (np.float32, np.float64):
-        x = to_training_array(images, np, dtype)
+        x = pixels_to_unit(images, np, dtype)
         assert isinstance(x, np.ndarray) and x.dtype == dtype and x.shape == images.shape
         assert x.min() == -1.0 and x.max() == 1.0
         assert np.all(x[1] == 1.0) and x[0, 0, 0, 1] == -1.0
         assert x[0, 0, 0, 0] == dtype(128) / dtype(127.5) - dtype(1)  # in the result's precision
     with pytest.raises(TypeError):
-        to_training_array(images.astype(np.float32), np)
+        pixels_to_unit(images.astype(np.float32), np)
 
 
 @pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a CUDA device")
-def test_to_training_array_on_gpu_matches_cpu():
+def test_pixels_to_unit_on_gpu_matches_cpu():
     images = np.random.default_rng(0).integers(0, 256, size=(4, 3, 32, 32), dtype=np.uint8)
     cupy = xp_for("gpu")
-    x = to_training_array(images, cupy)
+    x = pixels_to_unit(images, cupy)
     assert isinstance(x, cupy.ndarray) and x.dtype == np.float32
-    np.testing.assert_array_equal(to_numpy(x), to_training_array(images, np))
+    np.testing.assert_array_equal(to_numpy(x), pixels_to_unit(images, np))
+    p = unit_to_pixels(cupy.asarray(x))
+    assert isinstance(p, cupy.ndarray) and p.dtype == np.uint8
+    np.testing.assert_array_equal(to_numpy(p), images)
+
+
+def test_unit_to_pixels_inverts_pixels_to_unit_rounds_and_clips():
+    pixels = np.arange(256, dtype=np.uint8)
+    for dtype in (np.float32, np.float64):
+        np.testing.assert_array_equal(unit_to_pixels(pixels_to_unit(pixels, np, dtype)), pixels)
+    x = np.array([-2.0, -1.0, 1.0, 3.0, 0.0, 1 / 255], np.float32)  # (x + 1) * 127.5: -127.5, 0, 255, 510, 127.5, 128
+    p = unit_to_pixels(x)
+    assert p.dtype == np.uint8
+    assert p.tolist() == [0, 0, 255, 255, 128, 128]  # clipped; 127.5 rounds half to even
 
 
 # --- minibatches -----------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from npsn import backend
 from npsn.gan.checkpoint import load_checkpoint
 
 SCRIPTS = os.path.join(os.path.dirname(__file__), "..", "scripts")
+sys.path.insert(0, SCRIPTS)  # for the scripts' `import preamble` (`python scripts/x.py` puts scripts/ there)
 TINY = ["--g-ch", "16", "--d-ch", "8", "--batch-size", "8", "--sample-every", "0", "--log-every", "1"]
 
 

@@ -13,6 +13,7 @@ from npsn.gan.checkpoint import load_checkpoint
 from npsn.gan.trainer import Trainer, TrainingDiverged, preset_config
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "..", "scripts", "train_cifar.py")
+sys.path.insert(0, os.path.dirname(SCRIPT))  # for the script's `import preamble` (`python scripts/x.py` puts it there)
 TINY = ["--g-ch", "16", "--d-ch", "8", "--batch-size", "8"]
 
 
@@ -147,3 +148,17 @@ def test_gpu_training_smoke(archive, tmp_path, device):
     assert run_script("--data", archive, "--device", device, "--iterations", "2", *TINY, "--out", out,
                       "--log-every", "1", "--sample-every", "0") == 0
     assert all(np.isfinite(r["loss_d"]) for r in read_log(out))
+
+
+def test_one_divergence_check_for_every_training_loop():
+    from npsn.gan import toy, updates
+    assert TrainingDiverged is updates.TrainingDiverged  # the trainer re-exports the one class
+    assert updates.check_finite(np.float32(1.5), np.asarray(-2.0, np.float32), 7) == (1.5, -2.0)
+    for bad in (np.nan, np.inf):
+        with pytest.raises(TrainingDiverged, match="iteration 7: loss_d=1.0, loss_g="):
+            updates.check_finite(np.asarray(1.0, np.float32), np.asarray(bad, np.float32), 7)
+    config = toy.ToyConfig(iterations=2, batch_size=8, eval_samples=10)
+    gan = toy.ToyGAN(config)
+    next(iter(gan.G.parameters())).data[...] = np.nan
+    with pytest.raises(TrainingDiverged, match="iteration 1"):
+        updates.check_finite(*gan.train_iteration(), gan.iteration)

@@ -12,9 +12,10 @@ pickles (protocol 2, written by Python 2, so their dict keys are byte strings):
 
 This module reads them straight out of the archive (or out of the extracted folder), checks
 every batch and raises one exception class, :class:`CIFAR10Error`, whose message names the
-file and what is wrong with it. It also downloads the archive (checking the official md5),
-scales images to the ``[-1, 1]`` range the GAN is trained on, and draws seeded, resumable
-shuffled minibatches (:class:`MinibatchStream`).
+file and what is wrong with it. It also downloads the archive (checking the official md5)
+and draws seeded, resumable shuffled minibatches (:class:`MinibatchStream`). The images stay
+uint8; :func:`npsn.data.pixels.pixels_to_unit` maps them to the ``[-1, 1]`` range the GAN is
+trained on.
 
 Pickles can run code when loaded, so members are unpickled with an unpickler that only
 builds dicts, lists, strings, numbers and NumPy arrays (see :class:`_ArrayOnlyUnpickler`).
@@ -379,35 +380,8 @@ def _remove_quietly(file):
 
 
 # ---------------------------------------------------------------------------------------------
-# Training arrays and minibatches
+# Minibatches
 # ---------------------------------------------------------------------------------------------
-
-
-def to_training_array(images_uint8, xp, dtype=np.float32):
-    """Images as the GAN sees them: NCHW floats in ``[-1, 1]`` on the device of module ``xp``.
-
-    Args:
-        images_uint8: ``uint8`` array ``(N, 3, 32, 32)`` (NumPy or CuPy), values 0..255.
-        xp: ``numpy`` or ``cupy``: the result is an array of this module.
-        dtype: floating dtype of the result.
-
-    Returns:
-        ``x / 127.5 - 1`` with shape ``(N, 3, 32, 32)`` and ``dtype``: 0 maps to exactly -1,
-        255 to exactly 1 (division by 127.5 is exact for these endpoints).
-
-    Memory: the uint8 images go to the device first (1 byte per value: 150 MB for the
-    training split; no copy when they are already there) and are converted there into one
-    ``dtype`` array (600 MB in float32 for the training split) with in-place arithmetic, so
-    for ``xp = cupy`` no float copy is ever made on the host, and for either module the
-    only float array allocated is the result.
-    """
-    if images_uint8.dtype != np.uint8:
-        raise TypeError(f"to_training_array expects uint8 images, got {images_uint8.dtype}")
-    x = xp.asarray(images_uint8).astype(dtype)
-    # x <- x / 127.5 - 1
-    x /= 127.5
-    x -= 1
-    return x
 
 
 class MinibatchStream:

@@ -7,6 +7,9 @@ and D in eval mode (no BatchNorm running-statistics update, no spectral-norm u, 
 computes no parameter gradient, and restores both modes. A run with evaluation therefore has
 exactly the losses of the same run without it, and resuming stays exact.
 
+:func:`real_subset` picks the fixed real images both the in-training evaluator and
+``scripts/evaluate.py`` compare with.
+
 :func:`load_run` and :func:`generate` serve the command-line scripts (``scripts/evaluate.py``,
 ``scripts/sample.py``).
 """
@@ -15,7 +18,7 @@ import os
 import numpy as np
 
 from npsn import backend
-from npsn.data.cifar10 import to_training_array
+from npsn.data.pixels import pixels_to_unit, unit_to_pixels
 from npsn.eval.spectral import (
     gradient_norm_estimate,
     lipschitz_upper_bound,
@@ -47,21 +50,27 @@ def generate(G, z, chunk=GENERATION_CHUNK):
         G.train(was_training)
 
 
-def quantize(images):
-    """NCHW floats in [-1, 1] -> uint8 NCHW on the same device: round((x + 1) * 127.5), clipped to [0, 255].
+def real_subset(images, n, seed):
+    """``min(n, len(images))`` distinct images chosen by ``numpy.random.default_rng(seed)``, in file order.
 
-    These are the pixel values a saved PNG would hold; SWD compares them with the real uint8 images.
+    Args:
+        images: (N, ...) array (host or device).
+        n: the number of images wanted; all of ``images`` (the same array) when ``n >= N``.
+        seed: anything ``numpy.random.default_rng`` accepts (an int, or a list such as ``[seed, 4]``).
+    Returns:
+        ``images[sorted(rng.choice(N, n, replace=False))]``.
     """
-    xp = backend.get_array_module(images)
-    # p = clip(round((x + 1) * 127.5), 0, 255)
-    return xp.clip(xp.rint((images + 1) * 127.5), 0, 255).astype(np.uint8)
+    if n >= len(images):
+        return images
+    return images[np.sort(np.random.default_rng(seed).choice(len(images), size=n, replace=False))]
 
 
 def diagnose(D, real_uint8, fake, swd_seed=0, gradient_batch=GRADIENT_BATCH, power_iterations=100):
     """SWD, D's spectral report and gradient norms for one set of real and generated images.
 
-    SWD compares the generated images quantized to uint8 (:func:`quantize`: the pixels a saved
-    PNG holds, as ProGAN does) with the real uint8 images; the gradient norms use the float images.
+    SWD compares the generated images quantized to uint8 (:func:`~npsn.data.pixels.unit_to_pixels`:
+    the pixels a saved PNG holds, as ProGAN does) with the real uint8 images; the gradient norms
+    use the float images.
 
     Args:
         D: the discriminator; it must have run a forward (true during or after training, or run
@@ -78,9 +87,9 @@ def diagnose(D, real_uint8, fake, swd_seed=0, gradient_batch=GRADIENT_BATCH, pow
         ``spectral``: one dict per spectral-normalized layer (see :func:`~npsn.eval.spectral.spectral_report`).
     """
     xp = backend.get_array_module(fake)
-    result = dict(sliced_wasserstein(quantize(fake), real_uint8, seed=swd_seed))
+    result = dict(sliced_wasserstein(unit_to_pixels(fake), real_uint8, seed=swd_seed))
     report = spectral_report(D, n_iterations=power_iterations)
-    real = to_training_array(real_uint8[:gradient_batch], xp, dtype=fake.dtype)
+    real = pixels_to_unit(real_uint8[:gradient_batch], xp, dtype=fake.dtype)
     grads = gradient_norm_estimate(D, [real, fake[:gradient_batch]])
     result["grad_norm_max"] = grads["grad_norm_max"]
     result["grad_norm_mean"] = grads["grad_norm_mean"]
@@ -100,17 +109,14 @@ def make_evaluator(config, images_uint8):
 
     Fixed once, so every evaluation of a run compares like with like:
 
-    * real: ``min(eval_images, N)`` distinct training images chosen by
-      ``numpy.random.default_rng([seed, 4])``, kept uint8 on the device;
+    * real: ``real_subset(images_uint8, eval_images, [seed, 4])`` (:func:`real_subset`):
+      ``min(eval_images, N)`` distinct training images, kept uint8 on the device;
     * z: ``eval_images`` latent vectors from ``numpy.random.default_rng([seed, 5])`` (the trainer
       uses streams [seed, 2] for training noise and [seed, 3] for its sample grids);
     * SWD's patches and directions: ``sliced_wasserstein(..., seed=seed)``.
     """
     xp = backend.xp_for(config.device)
-    rng = np.random.default_rng([config.seed, 4])
-    n_real = min(config.eval_images, len(images_uint8))
-    chosen = np.sort(rng.choice(len(images_uint8), size=n_real, replace=False))
-    real_uint8 = xp.asarray(images_uint8[chosen])
+    real_uint8 = xp.asarray(real_subset(images_uint8, config.eval_images, [config.seed, 4]))
     z = backend.to_device(
         np.random.default_rng([config.seed, 5]).standard_normal((config.eval_images, config.z_dim)).astype(np.float32),
         config.device)

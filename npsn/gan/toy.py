@@ -23,12 +23,13 @@ Models (PacGAN's sizes)
 
 Training
     Batch 100; each iteration is one D update on a real and a generated batch, then one G update
-    on fresh z (the authors' ``SequentialAlgorithm``). PacGAN's loss is the original GAN loss with
-    the non-saturating generator loss (``nonsaturating`` in :mod:`npsn.gan.losses`); hinge and
-    Wasserstein are selectable too. PacGAN's optimizer is Adam(lr 1e-4, beta1 0.8, beta2 0.999)
-    for 400 epochs of 1,000 iterations = 400,000 iterations, far beyond a CPU budget. The defaults
-    here, for runs of a few thousand iterations, are Adam(2e-4, 0.5, 0.999) -- the SN-GAN paper's
-    setting C (Miyato et al. 2018, Table 1) -- which learned much faster in short trial runs.
+    on fresh z (the authors' ``SequentialAlgorithm``; :func:`npsn.gan.updates.gan_iteration`).
+    PacGAN's loss is the original GAN loss with the non-saturating generator loss
+    (``nonsaturating`` in :mod:`npsn.gan.losses`); hinge and Wasserstein are selectable too.
+    PacGAN's optimizer is Adam(lr 1e-4, beta1 0.8, beta2 0.999) for 400 epochs of 1,000
+    iterations = 400,000 iterations, far beyond a CPU budget. The defaults here, for runs of a
+    few thousand iterations, are Adam(2e-4, 0.5, 0.999) -- the SN-GAN paper's setting C
+    (Miyato et al. 2018, Table 1) -- which learned much faster in short trial runs.
     Real batches are drawn fresh from the mixture each iteration (PacGAN iterates over a fixed
     set of 100,000 samples).
 
@@ -50,7 +51,6 @@ Metrics (on 2,500 generated samples, as PacGAN's ``MetricLogger``)
     99.7% of the 1-D three-sigma rule).
 """
 import dataclasses
-import math
 import time
 
 import numpy as np
@@ -61,8 +61,7 @@ from npsn.data.mixtures import get_dataset
 from npsn.eval.modes import HQ_THRESHOLD, assign_to_modes, mode_metrics
 from npsn.gan.mlp import make_discriminator, make_generator
 from npsn.gan.losses import get_loss
-from npsn.gan.trainer import TrainingDiverged
-from npsn.gan.updates import discriminator_update, generator_update
+from npsn.gan.updates import check_finite, discriminator_update, gan_iteration, generator_update
 from npsn.optim import Adam
 
 
@@ -129,29 +128,32 @@ class ToyGAN:
         self.eval_z = eval_rng.standard_normal((c.eval_samples, c.z_dim)).astype(np.float32)
         self.iteration = 0
 
-    def real_batch(self, n):
-        """n points of the mixture, drawn on the host and moved to the device: (n, 2) float32."""
+    def real_batch(self, n=None):
+        """n points of the mixture (default: a batch), drawn on the host, on the device: (n, 2) float32."""
+        n = self.config.batch_size if n is None else n
         return backend.to_device(self.mixture.sample(n, self.data_rng)[0], self.config.device)
 
-    def sample_z(self, n):
-        """z ~ N(0, I), (n, z_dim) float32 on the device (drawn on the host)."""
+    def sample_z(self, n=None):
+        """n z ~ N(0, I) (default: a batch), drawn on the host, on the device: (n, z_dim) float32."""
+        n = self.config.batch_size if n is None else n
         return backend.to_device(self.noise_rng.standard_normal((n, self.config.z_dim)).astype(np.float32),
                                  self.config.device)
 
     def d_step(self):
-        """One D update on a real and a generated batch (one pass of 2B points); returns the 0-d loss."""
-        b = self.config.batch_size
-        return discriminator_update(self.G, self.D, self.opt_d, self.d_loss, self.real_batch(b), self.sample_z(b))
+        """One D update alone on a real and a generated batch (one pass of 2B points); returns the 0-d loss."""
+        return discriminator_update(self.G, self.D, self.opt_d, self.d_loss, self.real_batch(), self.sample_z())
 
     def g_step(self):
-        """One G update through a frozen D (D's parameter gradients are not computed); returns the 0-d loss."""
-        return generator_update(self.G, self.D, self.opt_g, self.g_loss, self.sample_z(self.config.batch_size))
+        """One G update alone through a frozen D (D's parameter gradients are not computed); returns the 0-d loss."""
+        return generator_update(self.G, self.D, self.opt_g, self.g_loss, self.sample_z())
 
     def train_iteration(self):
-        """``n_dis`` D updates then one G update; returns the two 0-d losses (no host transfer)."""
-        for _ in range(self.config.n_dis):
-            loss_d = self.d_step()
-        loss_g = self.g_step()
+        """``n_dis`` D updates then one G update (:func:`~npsn.gan.updates.gan_iteration`).
+
+        Returns the two 0-d losses (no host transfer).
+        """
+        loss_d, loss_g = gan_iteration(self.G, self.D, self.opt_d, self.opt_g, (self.d_loss, self.g_loss),
+                                       self.config.n_dis, self.real_batch, self.sample_z)
         self.iteration += 1
         return loss_d, loss_g
 
@@ -189,7 +191,8 @@ def train(config, log_every=0, eval_every=0, log=print):
         included), ``history`` (list of {"iteration", "modes", "hq_fraction", "reverse_kl"}, one per
         ``eval_every``), and under ``samples`` the (eval_samples, 2) host array of generated points.
     Raises:
-        TrainingDiverged: when a logged or final loss is not finite.
+        npsn.gan.updates.TrainingDiverged: when a logged or final loss is not finite (checked only
+        then: each check is one host transfer).
     """
     gan = ToyGAN(config)
     start = time.perf_counter()
@@ -198,9 +201,7 @@ def train(config, log_every=0, eval_every=0, log=print):
     for it in range(1, config.iterations + 1):
         loss_d, loss_g = gan.train_iteration()
         if (log_every and it % log_every == 0) or it == config.iterations:
-            ld, lg = (float(v) for v in backend.to_numpy(gan.xp.stack([loss_d, loss_g])))
-            if not (math.isfinite(ld) and math.isfinite(lg)):
-                raise TrainingDiverged(f"non-finite loss at iteration {it}: loss_d={ld}, loss_g={lg}")
+            ld, lg = check_finite(loss_d, loss_g, it)
             if log_every and it % log_every == 0:
                 log(f"  [{config.dataset} {config.method} seed {config.seed}] it {it:6d}"
                     f"  loss_d {ld:.4f}  loss_g {lg:.4f}")

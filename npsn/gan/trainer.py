@@ -1,11 +1,11 @@
 """Training an SN-GAN: the configuration, its presets, and a resumable training loop.
 
 One *iteration* is ``n_dis`` discriminator updates followed by one generator update (the
-paper's Algorithm 1 with Adam). A run directory holds ``config.json``, ``log.jsonl`` (one
-JSON object per logged iteration), PNG sample grids from a fixed z, and ``checkpoint.npz``:
-G and D (with SN's u, v and BN's running statistics), both optimizers' moments, the data
-order and noise generator states, and the iteration. Resuming from it reproduces the
-uninterrupted run's losses exactly on NumPy.
+paper's Algorithm 1 with Adam: :func:`npsn.gan.updates.gan_iteration`). A run directory holds
+``config.json``, ``log.jsonl`` (one JSON object per logged iteration), PNG sample grids from a
+fixed z, and ``checkpoint.npz``: G and D (with SN's u, v and BN's running statistics), both
+optimizers' moments, the data order and noise generator states, and the iteration. Resuming
+from it reproduces the uninterrupted run's losses exactly on NumPy.
 """
 import dataclasses
 import json
@@ -16,14 +16,18 @@ import numpy as np
 
 from npsn import backend
 from npsn.data.cifar10 import MinibatchStream
+from npsn.data.pixels import pixels_to_unit
 from npsn.gan.checkpoint import flatten, load_checkpoint, save_checkpoint, unflatten
 from npsn.gan.losses import get_loss
 from npsn.gan.models import build_gan
-from npsn.gan.updates import discriminator_update, generator_update
+from npsn.gan.updates import TrainingDiverged, check_finite, discriminator_update, gan_iteration, generator_update
 from npsn.nn.spectral_norm import spectral_layers
 from npsn.optim import Adam
 from npsn.utils.images import save_grid
 from npsn.utils.progress import ProgressBar
+
+
+LR_DECAYS = ("none", "linear")  # learning-rate schedules (Trainer.learning_rate)
 
 
 @dataclasses.dataclass
@@ -38,7 +42,7 @@ class TrainConfig:
     beta1: float = 0.5
     beta2: float = 0.999
     n_dis: int = 1  # discriminator updates per generator update
-    lr_decay: str = "none"  # "none" or "linear" (to 0 at the last iteration)
+    lr_decay: str = "none"  # one of LR_DECAYS: "none", or "linear" (to 0 at the last iteration)
     z_dim: int = 128
     g_ch: int = 0  # base widths; 0 = the paper's
     d_ch: int = 0
@@ -72,10 +76,6 @@ def preset_config(model, **overrides):
     values = dict(PRESETS[model], model=model)
     values.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig.from_dict(values)
-
-
-class TrainingDiverged(RuntimeError):
-    """A loss or a parameter became NaN or infinite."""
 
 
 class Trainer:
@@ -123,42 +123,45 @@ class Trainer:
     def real_batch(self):
         """The next minibatch of real images: NCHW float32 in [-1, 1] on the device."""
         idx = self.xp.asarray(self.stream.next_indices())
-        # x = pixel / 127.5 - 1
-        return self.images[idx].astype(np.float32) / 127.5 - 1
+        return pixels_to_unit(self.images[idx], self.xp)
 
-    def sample_z(self, n):
+    def sample_z(self, n=None):
+        """n z ~ N(0, I) (default: a batch), drawn on the host, on the device: (n, z_dim) float32."""
+        n = self.config.batch_size if n is None else n
         return backend.to_device(self.noise.standard_normal((n, self.config.z_dim)).astype(np.float32),
                                  self.config.device)
 
     def d_step(self):
-        """One discriminator update on the next real batch and a generated one; returns the 0-d loss."""
-        return discriminator_update(self.G, self.D, self.opt_d, self.d_loss, self.real_batch(),
-                                    self.sample_z(self.config.batch_size))
+        """One discriminator update alone (timed by ``scripts/bench.py``); returns the 0-d loss."""
+        return discriminator_update(self.G, self.D, self.opt_d, self.d_loss, self.real_batch(), self.sample_z())
 
     def g_step(self):
-        """One generator update through a frozen D; returns the 0-d loss."""
-        return generator_update(self.G, self.D, self.opt_g, self.g_loss, self.sample_z(self.config.batch_size))
+        """One generator update alone through a frozen D (timed by ``scripts/bench.py``); returns the 0-d loss."""
+        return generator_update(self.G, self.D, self.opt_g, self.g_loss, self.sample_z())
 
     def learning_rate(self, iteration):
-        """lr at a (0-based) iteration: constant, or decayed linearly to 0 at the last one."""
+        """lr at a (0-based) iteration: constant ("none"), or decayed linearly to 0 at the last one ("linear")."""
         c = self.config
         if c.lr_decay == "linear":
             return c.lr * (1 - iteration / c.iterations)
         return c.lr
 
     def train_iteration(self):
-        """n_dis D updates, then one G update; returns host floats (loss_d, loss_g)."""
+        """n_dis D updates, then one G update (:func:`~npsn.gan.updates.gan_iteration`).
+
+        Returns:
+            host floats (loss_d, loss_g).
+
+        Raises:
+            TrainingDiverged: when either loss is not finite.
+        """
         lr = self.learning_rate(self.iteration)
         self.opt_d.lr = self.opt_g.lr = lr
-        for _ in range(self.config.n_dis):
-            loss_d = self.d_step()
-        loss_g = self.g_step()
+        loss_d, loss_g = gan_iteration(self.G, self.D, self.opt_d, self.opt_g, (self.d_loss, self.g_loss),
+                                       self.config.n_dis, self.real_batch, self.sample_z)
         self.iteration += 1
         # one small device-to-host transfer per iteration: the two losses, to detect divergence
-        loss_d, loss_g = (float(v) for v in backend.to_numpy(self.xp.stack([loss_d, loss_g])))
-        if not (np.isfinite(loss_d) and np.isfinite(loss_g)):
-            raise TrainingDiverged(f"non-finite loss at iteration {self.iteration}: loss_d={loss_d}, loss_g={loss_g}")
-        return loss_d, loss_g
+        return check_finite(loss_d, loss_g, self.iteration)
 
     # ------------------------------------------------------------------ state
     def sigmas(self):

@@ -1,10 +1,19 @@
-"""The two GAN updates, shared by every training loop (CIFAR-10 and the 2-D toy problems).
+"""One GAN training iteration and its two updates, shared by every training loop (CIFAR-10 and the 2-D toy problems).
 
-Each takes the models, one optimizer and a loss pair from :mod:`npsn.gan.losses`, and returns the
-0-d loss (no host transfer).
+:func:`discriminator_update` and :func:`generator_update` take the models, one optimizer and one
+loss function from :mod:`npsn.gan.losses`, and return the 0-d loss (no host transfer).
+:func:`gan_iteration` is one iteration of the SN-GAN paper's Algorithm 1: ``n_dis`` D updates,
+then one G update. :func:`check_finite` is the divergence check: the one host transfer of the
+two losses, raising :class:`TrainingDiverged` when either is NaN or infinite.
 """
-from npsn.backend import get_array_module
+import math
+
+from npsn.backend import get_array_module, to_numpy
 from npsn.nn.module import input_grad
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss or a parameter became NaN or infinite."""
 
 
 def discriminator_update(G, D, opt_d, d_loss, x_real, z):
@@ -39,3 +48,41 @@ def generator_update(G, D, opt_g, g_loss, z):
     G.backward(grad_images)
     opt_g.step()
     return loss
+
+
+def gan_iteration(G, D, opt_d, opt_g, loss, n_dis, next_real, next_z):
+    """``n_dis`` D updates, then one G update on fresh z; returns the last 0-d ``(loss_d, loss_g)``.
+
+    Args:
+        G, D, opt_d, opt_g: the models and their optimizers (learning rates already set).
+        loss: the pair ``(d_loss, g_loss)`` of :func:`npsn.gan.losses.get_loss`.
+        n_dis: discriminator updates per generator update (at least 1).
+        next_real: ``next_real()`` -> the next real batch, on the models' device.
+        next_z: ``next_z()`` -> the next batch of z, on the models' device.
+
+    The random draws happen in this fixed order, which exact resuming relies on: for each D
+    update, ``next_real()`` then ``next_z()``; then ``next_z()`` for the G update.
+    """
+    d_loss, g_loss = loss
+    for _ in range(n_dis):
+        x_real = next_real()
+        z = next_z()
+        loss_d = discriminator_update(G, D, opt_d, d_loss, x_real, z)
+    loss_g = generator_update(G, D, opt_g, g_loss, next_z())
+    return loss_d, loss_g
+
+
+def check_finite(loss_d, loss_g, iteration):
+    """The two 0-d losses as host floats (one device-to-host transfer), checked to be finite.
+
+    Args:
+        loss_d, loss_g: 0-d arrays on either device, as :func:`gan_iteration` returns them.
+        iteration: the (1-based) iteration they belong to, for the message.
+    Raises:
+        TrainingDiverged: when either loss is NaN or infinite.
+    """
+    xp = get_array_module(loss_d)
+    loss_d, loss_g = (float(v) for v in to_numpy(xp.stack([loss_d, loss_g])))
+    if not (math.isfinite(loss_d) and math.isfinite(loss_g)):
+        raise TrainingDiverged(f"non-finite loss at iteration {iteration}: loss_d={loss_d}, loss_g={loss_g}")
+    return loss_d, loss_g

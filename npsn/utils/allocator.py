@@ -5,8 +5,9 @@ gradients). glibc's malloc serves blocks that large with ``mmap`` and gives them
 ``munmap`` when freed, so the next step page-faults all of them in again -- the kernel zeroes
 every page each time. :func:`keep_freed_memory` tells glibc (through ``mallopt``) to serve
 every block from the heap (``M_MMAP_MAX = 0``) and never to trim the heap (``M_TRIM_THRESHOLD``
-huge), so freed blocks are reused. The same effect, set before a process starts, is
-``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<huge>`` in the environment.
+huge), so freed blocks are reused. The same setting for a process about to start is
+:data:`KEEP_FREED_ENVIRONMENT` (glibc reads ``MALLOC_MMAP_MAX_`` and ``MALLOC_TRIM_THRESHOLD_``
+at startup).
 
 It changes speed only, never results; the cost is that the process keeps its peak memory.
 It is a no-op where the C library is not glibc (macOS, Windows, musl).
@@ -14,8 +15,14 @@ It is a no-op where the C library is not glibc (macOS, Windows, musl).
 import ctypes
 import ctypes.util
 
-M_TRIM_THRESHOLD = -1
+M_TRIM_THRESHOLD = -1  # mallopt's parameter numbers (glibc's malloc.h)
 M_MMAP_MAX = -4
+
+MMAP_MAX = 0  # no block is served by mmap
+TRIM_THRESHOLD = 2**31 - 1  # the largest int: the heap is never trimmed
+
+#: The same setting as environment variables, for a child process (glibc reads them when it starts).
+KEEP_FREED_ENVIRONMENT = {"MALLOC_MMAP_MAX_": str(MMAP_MAX), "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD)}
 
 
 def keep_freed_memory():
@@ -28,4 +35,4 @@ def keep_freed_memory():
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     # mallopt returns 1 on success, 0 on error
-    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+    return bool(mallopt(M_MMAP_MAX, MMAP_MAX)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))

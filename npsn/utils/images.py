@@ -3,12 +3,12 @@ import numpy as np
 from PIL import Image
 
 from npsn.backend import to_numpy
+from npsn.data.pixels import unit_to_pixels
 
 
 def to_uint8(images):
-    """NCHW floats in [-1, 1] (either device) -> NHWC uint8 on the host: round((x + 1) * 127.5), clipped."""
-    x = to_numpy(images).astype(np.float32)
-    return np.clip(np.rint((x + 1) * 127.5), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+    """NCHW floats in [-1, 1] (either device) -> NHWC uint8 on the host, by :func:`~npsn.data.pixels.unit_to_pixels`."""
+    return to_numpy(unit_to_pixels(images)).transpose(0, 2, 3, 1)
 
 
 def make_grid(images_uint8, nrow=8, padding=2):
