@@ -3,12 +3,14 @@
 After each matrix product, OpenBLAS's idle worker threads keep spinning for about 0.1 s waiting
 for the next one, and take the cores npsn's host threads (:mod:`npsn.utils.threads`) need for
 im2col, col2im and the elementwise layers. ``OPENBLAS_THREAD_TIMEOUT=4`` makes them sleep at
-once. Measured on 2 cores, cnn training iteration: 1.25 s with spinning BLAS threads vs 1.11 s.
+once. Measured on 2 cores, cnn training iteration: 1.25 s with spinning BLAS threads vs 1.11 s
+with them asleep.
 
 OpenBLAS reads the variable when it is loaded, i.e. when NumPy is first imported, so this
 module must run before anything imports NumPy (or npsn, which imports it); that is why it
-imports neither. ``setdefault``: a value already in the environment wins. The same setting is
-:data:`npsn.utils.threads.BLAS_ENVIRONMENT`.
+imports neither. ``setdefault``: a value already in the environment wins. This is the one
+place the setting lives: every script imports this module first, and child processes (the
+benchmark's memory probes) inherit the environment.
 """
 import os
 

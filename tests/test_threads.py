@@ -82,19 +82,6 @@ def test_split_im2col_and_col2im_equal_unsplit(k, s, p, split_everything):
     assert np.array_equal(back, col2im(g, 9, 8, s, p))
 
 
-def test_scripts_set_the_blas_environment_before_numpy():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("bench", os.path.join(REPO, "scripts", "bench.py"))
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    assert bench.BLAS_ENVIRONMENT == threads.BLAS_ENVIRONMENT
-    with open(os.path.join(REPO, "scripts", "train_cifar.py")) as f:
-        source = f.read()
-    for name, value in threads.BLAS_ENVIRONMENT.items():
-        line = f'os.environ.setdefault("{name}", "{value}")'
-        assert line in source and source.index(line) < source.index("from npsn")
-
-
 def _train_two_iterations(threads_used):
     """Parameters of a tiny cnn G and D after two D and G updates with Adam, on ``threads_used`` host threads."""
     from npsn.gan import losses

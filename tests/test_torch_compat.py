@@ -3,18 +3,27 @@
 PyTorch is only a test oracle here (npsn never imports it); the whole module is skipped where
 torch is not installed (e.g. CI). Every comparison is float64: a torch layer in double is built,
 its ``state_dict`` is loaded *strictly* into the npsn layer (which checks npsn's parameter and
-buffer names), the same input and the same upstream gradient go through both, and outputs, input
-gradients, parameter gradients and buffers must agree to ``TOLERANCE`` (relative to the largest
-entry of torch's array).
+buffer names), the same input and the same upstream gradient go through both
+(:func:`npsn.testing.torch_reference.compare_forward_backward`), and outputs, input gradients,
+parameter gradients and buffers must agree to ``TOLERANCE`` (relative to the largest entry of
+torch's array). Whole models are mirrored with :func:`npsn.testing.torch_reference.to_torch`.
 
 Layouts: torch takes NCHW images, npsn channels-last NHWC; images are transposed at the boundary.
 """
+import math
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
 import npsn  # noqa: E402
+from npsn.gan.models import build_gan  # noqa: E402
+from npsn.testing import torch_reference  # noqa: E402
+from npsn.testing.torch_reference import (  # noqa: E402
+    compare_forward_backward, load_npsn_state, relative_error, to_torch, to_torch_layout, to_npsn_layout)
 
 TOLERANCE = 1e-10
 
@@ -24,31 +33,17 @@ MAX_REL_ERR = {}
 
 
 # ---------------------------------------------------------------------------------- helpers
-def relative_error(ours, theirs):
-    """max |ours - theirs| / max |theirs| (the plain max |difference| when theirs is all zero)."""
-    ours, theirs = np.asarray(ours, dtype=np.float64), np.asarray(theirs, dtype=np.float64)
-    scale = np.max(np.abs(theirs))
-    diff = np.max(np.abs(ours - theirs))
-    return diff / scale if scale > 0 else diff
+def check_error(layer_name, what, err):
+    """Assert err < TOLERANCE; record it under layer_name."""
+    MAX_REL_ERR[layer_name] = max(MAX_REL_ERR.get(layer_name, 0.0), err)
+    assert err < TOLERANCE, f"{layer_name}: {what} differs from torch, relative error {err:.3e}"
 
 
 def assert_close(layer_name, what, ours, theirs):
     """Assert equal shapes and relative_error < TOLERANCE; record the error under layer_name."""
     assert tuple(np.shape(ours)) == tuple(np.shape(theirs)), (
         f"{layer_name}: {what} shape {np.shape(ours)} vs {np.shape(theirs)}")
-    err = relative_error(ours, theirs)
-    MAX_REL_ERR[layer_name] = max(MAX_REL_ERR.get(layer_name, 0.0), err)
-    assert err < TOLERANCE, f"{layer_name}: {what} differs from torch, relative error {err:.3e}"
-
-
-def to_npsn_layout(array):
-    """NCHW -> NHWC for images; other arrays unchanged."""
-    return array.transpose(0, 2, 3, 1) if array.ndim == 4 else array
-
-
-def to_torch_layout(array):
-    """NHWC -> NCHW for images; other arrays unchanged."""
-    return array.transpose(0, 3, 1, 2) if array.ndim == 4 else array
+    check_error(layer_name, what, relative_error(ours, theirs))
 
 
 def torch_state_as_numpy(torch_layer):
@@ -69,26 +64,17 @@ def compare_step(layer_name, ours, theirs, x, rng):
 
     Args:
         x: the input in torch's layout (NumPy float64); npsn gets it channels-last.
-    Parameter gradients are zeroed first in both, so each step compares one backward's gradients.
+    Parameter gradients are zeroed first in both, so each step compares one backward's gradients
+    (compare_forward_backward raises ValueError if the parameter names differ, and relative_error
+    if any shapes do).
     """
-    ours.zero_grad()
-    theirs.zero_grad()
-    x_torch = torch.from_numpy(x.copy()).requires_grad_(True)
-    y_torch = theirs(x_torch)
-    grad_out = rng.standard_normal(tuple(y_torch.shape))
-    y_torch.backward(torch.from_numpy(grad_out))
-
-    y = ours(to_npsn_layout(x).copy())
-    assert_close(layer_name, "output", to_torch_layout(y), y_torch.detach().numpy())
-    grad_x = ours.backward(to_npsn_layout(grad_out).copy())
-    assert_close(layer_name, "input gradient", to_torch_layout(grad_x), x_torch.grad.numpy())
-
-    our_params = dict(ours.named_parameters())
+    errors = compare_forward_backward(ours, to_npsn_layout(x).copy(), torch_module=theirs, rng=rng)
     their_params = dict(theirs.named_parameters())
-    assert set(our_params) == set(their_params)
-    for name, param in our_params.items():
-        assert param.grad is not None, f"{layer_name}: npsn computed no gradient for {name}"
-        assert_close(layer_name, f"{name}.grad", param.grad, their_params[name].grad.numpy())
+    assert set(dict(ours.named_parameters())) == set(their_params)
+    assert set(errors) == {"output", "input_grad"} | {f"{name}.grad" for name in their_params}
+    for what, err in errors.items():
+        assert err != math.inf, f"{layer_name}: npsn computed no gradient for {what[:-len('.grad')]}"
+        check_error(layer_name, {"input_grad": "input gradient"}.get(what, what), err)
 
 
 def compare_buffers(layer_name, ours, theirs):
@@ -237,15 +223,12 @@ def test_npsn_state_dict_loads_into_torch(name):
     rng = np.random.default_rng(3)
     ours = npsn_build().to(dtype=np.float64)
     ours(to_npsn_layout(2.0 * rng.standard_normal(input_shape) + 0.5))  # moves BN's running stats, SN's u and v
-    theirs = torch_build()
-    theirs.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in ours.state_dict().items()}, strict=True)
+    theirs = load_npsn_state(torch_build(), ours)
     for key, value in theirs.state_dict().items():
         np.testing.assert_array_equal(value.numpy(), np.asarray(ours.state_dict()[key]), err_msg=f"{name}: {key}")
     # and the float32 state_dict of a fresh npsn layer loads into a float32 torch layer
     fresh = npsn_build()
-    torch_float = torch_build().float()
-    torch_float.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in fresh.state_dict().items()},
-                                strict=True)
+    load_npsn_state(torch_build().float(), fresh)
     ours.eval()
     theirs.eval()
     x = rng.standard_normal(input_shape)
@@ -312,3 +295,57 @@ def test_batchnorm_defaults_match_torch(name):
     np.testing.assert_array_equal(ours.running_var, 1.0)
     assert ours.num_batches_tracked.shape == () and int(ours.num_batches_tracked) == 0
     assert (ours.eps, ours.momentum) == (theirs.eps, theirs.momentum)
+
+
+# ---------------------------------------------------------------------------------- whole models
+@pytest.mark.parametrize("model", ["cnn", "resnet"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_model_mirror_matches_npsn(model, training):
+    """to_torch of a whole G and D (small width, float64): same names, outputs and gradients.
+
+    Parameter gradients are relative to the model's largest gradient entry (grad_scale="module"):
+    G's biases before a BatchNorm have an exact gradient of 0, leaving rounding noise on both sides.
+    """
+    G, D = build_gan(model, g_ch=8, d_ch=8, seed=5)
+    rng = np.random.default_rng(5)
+    inputs = {"G": rng.standard_normal((4, 128)), "D": rng.uniform(-1, 1, (4, 3, 32, 32))}
+    for name, module in (("G", G), ("D", D)):
+        module.to(dtype=np.float64).train(training)
+        mirror = to_torch(module)
+        assert sorted(mirror.state_dict()) == sorted(module.state_dict())
+        assert mirror.training == training and all(m.training == training for m in mirror.modules())
+        # G returns NCHW images and D takes them (their 2-D ends, z and logits, are never transposed)
+        assert torch_reference.channels_last_boundaries(module) == {"G": (True, False), "D": (False, True)}[name]
+        for step in range(2):  # in training mode the second step starts from stepped u, v and BN statistics
+            errors = compare_forward_backward(module, inputs[name], torch_module=mirror, rng=step,
+                                              grad_scale="module")
+            assert len(errors) == 2 + len(list(module.parameters()))
+            for what, err in errors.items():
+                check_error(f"{model} {name}", what, err)
+        compare_buffers(f"{model} {name}", module, mirror)
+
+
+def test_mirror_keeps_requires_grad_and_rejects_unknown_layers():
+    layer = npsn.Linear(3, 2)
+    layer.requires_grad_(False)
+    assert not any(p.requires_grad for p in to_torch(layer).parameters())
+
+    class Doubler(npsn.Module):
+        def forward(self, x):
+            return 2 * x
+
+    with pytest.raises(TypeError, match="Doubler"):
+        to_torch(npsn.Sequential(npsn.Linear(3, 2), Doubler()))
+    mirror = to_torch(npsn.Sequential(npsn.Linear(3, 2), Doubler()),
+                      converters={Doubler: lambda m, convert: torch.nn.Identity()})
+    assert isinstance(mirror[1], torch.nn.Identity)
+
+
+def test_torch_reference_imports_without_torch(monkeypatch):
+    """npsn never imports torch at load time; a function that needs it says so."""
+    code = "import sys, npsn.testing.torch_reference, npsn.gan; assert 'torch' not in sys.modules"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch now raises ImportError
+    with pytest.raises(ImportError, match="needs PyTorch"):
+        to_torch(npsn.Linear(3, 2))

@@ -1,0 +1,113 @@
+"""The settings of one benchmark run, and the parsers of their command-line forms.
+
+Imports nothing but the standard library: ``scripts/bench.py`` builds the config and sets the
+thread variables (:func:`set_thread_environment`) before anything imports NumPy.
+"""
+import argparse
+import dataclasses
+import os
+from typing import Dict, Optional, Sequence
+
+MODELS = ("cnn", "resnet")
+DEVICES = ("cpu", "gpu")
+COMPARE = ("none", "torch")
+MALLOC = ("no-trim", "default")  # npsn.utils.allocator.keep_freed_memory(), or glibc's own behaviour
+MEMORY = ("probe", "off")
+SIDES = ("npsn", "torch")
+DEFAULT_REPEATS, DEFAULT_WARMUP = 10, 2
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+@dataclasses.dataclass
+class BenchConfig:
+    """Every setting of a run (the command line's flags; see ``scripts/bench.py --help``).
+
+    ``repeats`` and ``warmup`` map a model name, or None for every model, to a count
+    (:func:`per_model`); ``probe_memory`` is set only in the fresh process of a memory probe.
+    """
+
+    device: str = "cpu"
+    models: Sequence[str] = MODELS
+    batch_size: int = 64
+    repeats: Dict[Optional[str], int] = dataclasses.field(default_factory=lambda: {None: DEFAULT_REPEATS})
+    warmup: Dict[Optional[str], int] = dataclasses.field(default_factory=lambda: {None: DEFAULT_WARMUP})
+    compare: str = "none"
+    settle: float = 0.2
+    threads: Optional[int] = None
+    malloc: str = "no-trim"
+    memory: str = "probe"
+    breakdown: bool = False
+    g_ch: Optional[int] = None
+    d_ch: Optional[int] = None
+    seed: int = 0
+    json_only: bool = False
+    probe_memory: Optional[str] = None
+
+    def __post_init__(self):
+        self.models = list(self.models)
+        for name, value, choices in (("device", self.device, DEVICES), ("compare", self.compare, COMPARE),
+                                     ("malloc", self.malloc, MALLOC), ("memory", self.memory, MEMORY)):
+            if value not in choices:
+                raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        if not self.models or any(m not in MODELS for m in self.models):
+            raise ValueError(f"models must be a non-empty subset of {', '.join(MODELS)}, got {self.models}")
+        if self.batch_size < 1 or (self.threads is not None and self.threads < 1):
+            raise ValueError("batch_size and threads must be positive")
+        if self.probe_memory not in (None, *SIDES):
+            raise ValueError(f"probe_memory must be one of {', '.join(SIDES)}, got {self.probe_memory!r}")
+
+    def repeats_for(self, model):
+        """Timed calls per phase for ``model``."""
+        return count_for(self.repeats, model, DEFAULT_REPEATS)
+
+    def warmup_for(self, model):
+        """Untimed calls per phase before them."""
+        return count_for(self.warmup, model, DEFAULT_WARMUP)
+
+    def probe_arguments(self, model, side):
+        """The command-line flags that make ``scripts/bench.py`` probe ``side``'s memory on ``model`` alone."""
+        flags = ["--probe-memory", side, "--models", model, "--device", self.device,
+                 "--batch-size", str(self.batch_size), "--malloc", self.malloc, "--seed", str(self.seed),
+                 "--json-only"]
+        for option, value in (("--threads", self.threads), ("--g-ch", self.g_ch), ("--d-ch", self.d_ch)):
+            if value is not None:
+                flags += [option, str(value)]
+        return flags
+
+
+def per_model(text):
+    """``"10"`` -> {None: 10}; ``"cnn=10,resnet=3"`` -> {"cnn": 10, "resnet": 3} (for --repeats, --warmup).
+
+    >>> per_model("4,resnet=1")
+    {None: 4, 'resnet': 1}
+    """
+    values = {}
+    for part in text.split(","):
+        name, _, count = part.rpartition("=")
+        if name and name not in MODELS:
+            raise argparse.ArgumentTypeError(f"unknown model {name!r} in {text!r}")
+        if not count.isdigit():
+            raise argparse.ArgumentTypeError(f"expected N or MODEL=N,..., got {text!r}")
+        values[name or None] = int(count)
+    return values
+
+
+def model_list(text):
+    """``"cnn,resnet"`` -> ["cnn", "resnet"] (for --models)."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in MODELS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"--models takes a comma-separated subset of {','.join(MODELS)}, got {text!r}")
+    return names
+
+
+def count_for(values, model, default):
+    """The count of ``model`` from a :func:`per_model` dict: its own, else the one given for all, else ``default``."""
+    return values.get(model, values.get(None, default))
+
+
+def set_thread_environment(threads):
+    """Set OMP/OPENBLAS/MKL_NUM_THREADS to ``threads`` (None: leave them). Must run before NumPy is imported."""
+    if threads is not None:
+        for name in THREAD_VARIABLES:
+            os.environ[name] = str(threads)
