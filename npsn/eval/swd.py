@@ -34,6 +34,7 @@ two CPU cores 2,000 images per set take about 10 s.
 import numpy as np
 
 from npsn.backend import device_of, get_array_module, to_numpy
+from npsn.data.pixels import pixels_to_unit
 
 # The 5-tap binomial filter [1, 4, 6, 4, 1] / 16; its outer product with itself is ProGAN's 5x5
 # Gaussian filter ([1,4,6,4,1]^T [1,4,6,4,1] / 256), so the 2-D blur is two 1-D passes.
@@ -233,8 +234,7 @@ def sliced_wasserstein_descriptors(desc_a, desc_b, directions, coupling=None):
 def _as_float_images(images):
     """uint8 images in [0, 255] -> float32 in [-1, 1]; floating images -> float32 unchanged in value."""
     if images.dtype == np.uint8:
-        # x / 127.5 - 1 maps [0, 255] onto [-1, 1]
-        return images.astype(np.float32) / 127.5 - 1.0
+        return pixels_to_unit(images, get_array_module(images))
     if images.dtype.kind != "f":
         raise TypeError(f"images must be uint8 in [0, 255] or float in [-1, 1], got dtype {images.dtype}")
     return images.astype(np.float32, copy=False)
