@@ -138,3 +138,22 @@ def test_sample_errors_are_one_line(runs, tmp_path, capsys):
     assert run_main("sample.py", str(tmp_path / "missing"), "--out", out) == 2
     assert "missing" in capsys.readouterr().err
     assert not os.path.exists(out)
+
+
+def test_every_script_imports_the_blas_preamble_before_numpy():
+    """scripts/preamble.py is the one home of the BLAS environment: each script imports it before NumPy or npsn."""
+    import ast
+
+    for name in sorted(os.listdir(SCRIPTS)):
+        if not name.endswith(".py") or name == "preamble.py":
+            continue
+        tree = ast.parse(open(os.path.join(SCRIPTS, name)).read())
+        imported = []
+        for node in tree.body:  # module-level imports, in order
+            if isinstance(node, ast.Import):
+                imported += [alias.name.split(".")[0] for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                imported.append((node.module or "").split(".")[0])
+        assert "preamble" in imported, f"{name} does not import preamble"
+        first = imported.index("preamble")
+        assert not {"numpy", "npsn", "benchmarks"} & set(imported[:first]), f"{name} imports NumPy/npsn before preamble"
