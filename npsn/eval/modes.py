@@ -29,7 +29,7 @@ def assign_to_modes(samples, mixture):
 
 
 def mode_metrics(samples, mixture, threshold=HQ_THRESHOLD):
-    """PacGAN's mode-collapse metrics of a set of generated samples (see the module docstring).
+    r"""PacGAN's mode-collapse metrics of a set of generated samples (see the module docstring).
 
     Args:
         samples: (N, 2) array on either device.
@@ -41,9 +41,9 @@ def mode_metrics(samples, mixture, threshold=HQ_THRESHOLD):
         (list of K ints: HQ samples per mode), ``num_samples`` (int).
 
     .. math::
-        n_k = \\#\\{x : \\text{nearest}(x) = k,\\ r(x) < 3\\}, \\quad
-        p_g(k) = \\frac{n_k}{\\sum_j n_j}, \\quad
-        \\mathrm{KL}(p_g \\,\\|\\, U_K) = \\sum_{k:\\,p_g(k)>0} p_g(k) \\log\\big(K\\,p_g(k)\\big).
+        n_k = \#\{x : \text{nearest}(x) = k,\ r(x) < 3\}, \quad
+        p_g(k) = \frac{n_k}{\sum_j n_j}, \quad
+        \mathrm{KL}(p_g \,\|\, U_K) = \sum_{k:\,p_g(k)>0} p_g(k) \log\big(K\,p_g(k)\big).
     """
     nearest, r = assign_to_modes(samples, mixture)
     hq = r < threshold

@@ -1,4 +1,4 @@
-"""Spectral diagnostics of a discriminator: what spectral normalization actually bounds.
+r"""Spectral diagnostics of a discriminator: what spectral normalization actually bounds.
 
 Spectral normalization (Miyato et al., ICLR 2018) divides each weight W by sigma(W), the largest
 singular value of W reshaped to a matrix (out, in * k * k) for a convolution, estimated by one
@@ -18,7 +18,7 @@ power-iteration step per update. Three different numbers are easily confused:
 The operator norm is what bounds the Lipschitz constant. For a chain of layers with 1-Lipschitz
 activations (the CNN discriminator: LeakyReLU(0.1), reshapes and transposes, which are isometries),
 
-.. math:: \\|D\\|_{Lip} \\le \\prod_l \\|A_l\\|_{op}
+.. math:: \|D\|_{Lip} \le \prod_l \|A_l\|_{op}
 
 (:func:`lipschitz_upper_bound`; biases do not change a Lipschitz constant; the factors are
 power-iteration estimates, each slightly below its norm, so the computed product is too).
@@ -77,7 +77,7 @@ def _l2(x):
 
 
 def operator_norm(layer, input_shape, n_iterations=100, seed=0, tol=1e-7):
-    """The operator norm max ||A x|| / ||x|| of a layer's linear part on inputs of ``input_shape``, by power iteration.
+    r"""The operator norm max ||A x|| / ||x|| of a layer's linear part on inputs of ``input_shape``, by power iteration.
 
     Args:
         layer: Linear, Conv2d, ConvTranspose2d, or a :class:`SpectralNorm` around one; for a
@@ -96,8 +96,8 @@ def operator_norm(layer, input_shape, n_iterations=100, seed=0, tol=1e-7):
     backward of grad_out = y returns A^T y). Power iteration on the symmetric A^T A, from a random
     unit x,
 
-    .. math:: x_{t+1} = \\frac{A^T A x_t}{\\|A^T A x_t\\|}, \\qquad
-              \\hat\\sigma_t = \\|A x_t\\| = \\sqrt{x_t^T A^T A x_t},
+    .. math:: x_{t+1} = \frac{A^T A x_t}{\|A^T A x_t\|}, \qquad
+              \hat\sigma_t = \|A x_t\| = \sqrt{x_t^T A^T A x_t},
 
     converges to the top right singular vector, and the Rayleigh quotient sigma_hat_t increases to
     sigma_max(A) with error shrinking like (sigma_2 / sigma_1)^(2t). Convergence is slow when the
@@ -174,7 +174,7 @@ _AT_MOST_1_LIPSCHITZ = (ReLU, Tanh, Sigmoid, Flatten, Reshape, ToChannelsLast, T
 
 
 def lipschitz_upper_bound(D, report):
-    """The product of the layers' operator norms: an upper bound on ``D``'s Lipschitz constant, or None.
+    r"""The product of the layers' operator norms: an upper bound on ``D``'s Lipschitz constant, or None.
 
     Args:
         D: the model :func:`spectral_report` described.
@@ -185,7 +185,7 @@ def lipschitz_upper_bound(D, report):
         LeakyReLU with |slope| <= 1, tanh, sigmoid, reshapes); otherwise None (e.g. a ResNet,
         whose residual sums need a sum over paths, or a D without spectral normalization).
 
-    .. math:: \\|f_L \\circ \\dots \\circ f_1\\|_{Lip} \\le \\prod_l \\|f_l\\|_{Lip}
+    .. math:: \|f_L \circ \dots \circ f_1\|_{Lip} \le \prod_l \|f_l\|_{Lip}
     """
     if not isinstance(D, Sequential):
         return None

@@ -51,14 +51,14 @@ def binomial_filter_2d():
 
 
 def _blur_axis(x, axis, gain=1.0, step=1):
-    """Convolve ``x`` along one axis with ``gain`` x the 5-tap binomial filter, reflect borders,
+    r"""Convolve ``x`` along one axis with ``gain`` x the 5-tap binomial filter, reflect borders,
     keeping every ``step``-th output (``step=2`` blurs and downsamples in one pass).
 
     Shapes: x (..., n, ...) -> (..., ceil(n / step), ...) along ``axis``; dtype is kept.
     Border: "reflect" about the edge sample without repeating it (d c b | a b c d | c b a), which is
     scipy.ndimage's ``mode="mirror"`` used by ProGAN and OpenCV's BORDER_REFLECT_101 used by cv2.pyrDown.
 
-    .. math:: y[i] = \\mathrm{gain} \\sum_{k=-2}^{2} t_k \\, x[\\mathrm{step} \\cdot i + k]
+    .. math:: y[i] = \mathrm{gain} \sum_{k=-2}^{2} t_k \, x[\mathrm{step} \cdot i + k]
     """
     xp = get_array_module(x)
     n = x.shape[axis]
@@ -76,11 +76,11 @@ def _blur_axis(x, axis, gain=1.0, step=1):
 
 
 def pyr_down(images):
-    """Blur with the 5x5 binomial filter and keep every second row and column (ProGAN's ``pyr_down``, cv2.pyrDown).
+    r"""Blur with the 5x5 binomial filter and keep every second row and column (ProGAN's ``pyr_down``, cv2.pyrDown).
 
     Shapes: images (N, C, H, W) -> (N, C, H/2, W/2) for even H, W.
 
-    .. math:: G_{l+1}[i, j] = \\sum_{a, b = -2}^{2} g_a g_b \\, G_l[2i + a, 2j + b]
+    .. math:: G_{l+1}[i, j] = \sum_{a, b = -2}^{2} g_a g_b \, G_l[2i + a, 2j + b]
     """
     return _blur_axis(_blur_axis(images, axis=2, step=2), axis=3, step=2)
 
@@ -100,15 +100,15 @@ def pyr_up(images):
 
 
 def laplacian_pyramid(images, num_levels):
-    """The Laplacian pyramid of a batch of images, finest level first (ProGAN's ``generate_laplacian_pyramid``).
+    r"""The Laplacian pyramid of a batch of images, finest level first (ProGAN's ``generate_laplacian_pyramid``).
 
     Input: images (N, C, H, W) float, H and W divisible by 2^(num_levels - 1).
     Output: a list of ``num_levels`` arrays; level l has shape (N, C, H/2^l, W/2^l).
 
     .. math::
-        G_0 = x, \\quad G_{l+1} = \\mathrm{down}(\\mathrm{blur}(G_l)), \\quad
-        L_l = G_l - \\mathrm{up}(G_{l+1}) \\ (l < \\mathrm{num\\_levels} - 1), \\quad
-        L_{\\mathrm{last}} = G_{\\mathrm{last}}
+        G_0 = x, \quad G_{l+1} = \mathrm{down}(\mathrm{blur}(G_l)), \quad
+        L_l = G_l - \mathrm{up}(G_{l+1}) \ (l < \mathrm{num\_levels} - 1), \quad
+        L_{\mathrm{last}} = G_{\mathrm{last}}
     """
     gaussian = images
     pyramid = []
@@ -131,13 +131,13 @@ def reconstruct_laplacian_pyramid(pyramid):
 
 
 def extract_patches(level, centers_y, centers_x, patch_size):
-    """Cut one square patch per (image, center) pair out of a pyramid level, in a single gather.
+    r"""Cut one square patch per (image, center) pair out of a pyramid level, in a single gather.
 
     Inputs: level (N, C, S, S); centers_y, centers_x (N, P) integer arrays on level's device with
     values in [patch_size // 2, S - patch_size // 2), so every patch lies inside the image.
     Output: (N * P, C, patch_size, patch_size); row n * P + p is the patch of image n around center p.
 
-    .. math:: d[nP + p, c, u, v] = \\mathrm{level}[n, c, y_{np} + u - h, x_{np} + v - h], \\quad h = \\lfloor s/2 \\rfloor
+    .. math:: d[nP + p, c, u, v] = \mathrm{level}[n, c, y_{np} + u - h, x_{np} + v - h], \quad h = \lfloor s/2 \rfloor
     """
     xp = get_array_module(level)
     n, c = level.shape[:2]
@@ -151,13 +151,13 @@ def extract_patches(level, centers_y, centers_x, patch_size):
 
 
 def normalize_descriptors(descriptors):
-    """Standardize descriptors per channel, in place (ProGAN's ``finalize_descriptors``), and flatten them.
+    r"""Standardize descriptors per channel, in place (ProGAN's ``finalize_descriptors``), and flatten them.
 
     Input: descriptors (M, C, s, s) float. Output: (M, C*s*s), the same memory.
     Each channel c is shifted and scaled by its own mean and standard deviation over all M patches and
     s*s positions; a channel of zero variance is left at 0 instead of dividing by 0 (ProGAN would give NaN).
 
-    .. math:: d[m, c, u, v] \\leftarrow (d[m, c, u, v] - \\mu_c) / \\sigma_c
+    .. math:: d[m, c, u, v] \leftarrow (d[m, c, u, v] - \mu_c) / \sigma_c
     """
     xp = get_array_module(descriptors)
     for c in range(descriptors.shape[1]):
@@ -171,12 +171,12 @@ def normalize_descriptors(descriptors):
 
 
 def quantile_coupling(n, m):
-    """The monotone (quantile) coupling of two equal-weight empirical distributions of n and m points.
+    r"""The monotone (quantile) coupling of two equal-weight empirical distributions of n and m points.
 
     Outputs (NumPy, on the host): index_a (K,), index_b (K,) int64 and weight (K,) float64, with
     K <= n + m - 1 and sum(weight) == 1, such that for sorted samples a (n,) and b (m,)
 
-    .. math:: W_1 = \\int_0^1 |F_a^{-1}(t) - F_b^{-1}(t)| \\, dt = \\sum_k w_k |a[i_k] - b[j_k]|
+    .. math:: W_1 = \int_0^1 |F_a^{-1}(t) - F_b^{-1}(t)| \, dt = \sum_k w_k |a[i_k] - b[j_k]|
 
     The quantile functions are constant between the breakpoints {i/n} and {j/m}; on the interval
     [t_k, t_{k+1}) they take a[floor(n t_k)] and b[floor(m t_k)]. Breakpoints are kept as exact
@@ -194,7 +194,7 @@ def quantile_coupling(n, m):
 
 
 def sliced_wasserstein_descriptors(desc_a, desc_b, directions, coupling=None):
-    """Sum over directions of the 1-D Wasserstein-1 distance between the projected descriptor sets.
+    r"""Sum over directions of the 1-D Wasserstein-1 distance between the projected descriptor sets.
 
     Inputs: desc_a (n, D), desc_b (m, D) float32 on one device; directions (D, K) unit columns on that
     device; coupling: None when n == m, else (index_a, index_b, weight) of :func:`quantile_coupling`
@@ -203,8 +203,8 @@ def sliced_wasserstein_descriptors(desc_a, desc_b, directions, coupling=None):
     of one repeat). Directions are processed in chunks so one projection array holds at most
     ``_MAX_PROJECTION_FLOATS`` floats; projections are sorted and subtracted in place.
 
-    .. math:: \\sum_{k=1}^K W_1(\\{\\theta_k^T a_i\\}_i, \\{\\theta_k^T b_j\\}_j), \\quad
-              W_1 = \\frac{1}{n} \\sum_i |a_{(i)} - b_{(i)}| \\ \\text{when } n = m
+    .. math:: \sum_{k=1}^K W_1(\{\theta_k^T a_i\}_i, \{\theta_k^T b_j\}_j), \quad
+              W_1 = \frac{1}{n} \sum_i |a_{(i)} - b_{(i)}| \ \text{when } n = m
     """
     xp = get_array_module(desc_a)
     n_directions = directions.shape[1]
@@ -261,7 +261,7 @@ def sliced_wasserstein(
     n_repeats=4,
     min_resolution=16,
 ):
-    """Sliced Wasserstein Distance x 1e3 between two sets of images, per pyramid level and averaged (ProGAN, App. D).
+    r"""Sliced Wasserstein Distance x 1e3 between two sets of images, per pyramid level and averaged (ProGAN, App. D).
 
     Inputs: images_a (N_a, C, S, S) and images_b (N_b, C, S, S), both NumPy or both CuPy (the work runs
     where they live), NCHW (npsn's layers are channels-last: pass ``x.transpose(0, 3, 1, 2)``), either
@@ -274,8 +274,8 @@ def sliced_wasserstein(
     Per level l with descriptor sets a = {a_i}, b = {b_j} (normalized per set and channel) and
     R = n_repeats x n_directions random unit directions theta:
 
-    .. math:: \\mathrm{SWD}_l = \\frac{10^3}{R} \\sum_{r=1}^{R}
-              \\int_0^1 |F^{-1}_{\\theta_r^T a}(t) - F^{-1}_{\\theta_r^T b}(t)| \\, dt
+    .. math:: \mathrm{SWD}_l = \frac{10^3}{R} \sum_{r=1}^{R}
+              \int_0^1 |F^{-1}_{\theta_r^T a}(t) - F^{-1}_{\theta_r^T b}(t)| \, dt
 
     Random draws, from ``numpy.random.default_rng(seed)`` in this order, per level from fine to coarse:
     patch rows (max(N_a, N_b), P), patch columns (max(N_a, N_b), P) -- image i of either set uses row i,

@@ -27,7 +27,7 @@ def _check_logits(name, d):
 
 # ---------------------------------------------------------------------- hinge
 def hinge_d(d_real, d_fake):
-    """Hinge loss of the discriminator (Lim & Ye 2017; Miyato et al. 2018, Eq. 17; SAGAN).
+    r"""Hinge loss of the discriminator (Lim & Ye 2017; Miyato et al. 2018, Eq. 17; SAGAN).
 
     Args:
         d_real: logits D(x) on real images, shape (N,) or (N, 1).
@@ -37,10 +37,10 @@ def hinge_d(d_real, d_fake):
         dL/dd_fake with d_fake's shape.
 
     .. math::
-        L = \\frac1N \\sum_i \\max(0, 1 - d^{real}_i) + \\frac1M \\sum_j \\max(0, 1 + d^{fake}_j)
+        L = \frac1N \sum_i \max(0, 1 - d^{real}_i) + \frac1M \sum_j \max(0, 1 + d^{fake}_j)
 
-        \\frac{\\partial L}{\\partial d^{real}_i} = -\\frac1N [1 - d^{real}_i > 0], \\qquad
-        \\frac{\\partial L}{\\partial d^{fake}_j} = \\frac1M [1 + d^{fake}_j > 0]
+        \frac{\partial L}{\partial d^{real}_i} = -\frac1N [1 - d^{real}_i > 0], \qquad
+        \frac{\partial L}{\partial d^{fake}_j} = \frac1M [1 + d^{fake}_j > 0]
 
     At the kink (1 - d_real = 0 or 1 + d_fake = 0 exactly) the subgradient 0 is used, as
     PyTorch's ``relu`` backward does.
@@ -60,7 +60,7 @@ def hinge_d(d_real, d_fake):
 
 
 def hinge_g(d_fake):
-    """Hinge loss of the generator: the negated mean critic score (Miyato et al. 2018, Eq. 17).
+    r"""Hinge loss of the generator: the negated mean critic score (Miyato et al. 2018, Eq. 17).
 
     Args:
         d_fake: logits D(G(z)), shape (M,) or (M, 1).
@@ -68,7 +68,7 @@ def hinge_g(d_fake):
         (loss, grad_fake): 0-d loss and dL/dd_fake with d_fake's shape.
 
     .. math::
-        L = -\\frac1M \\sum_j d^{fake}_j, \\qquad \\frac{\\partial L}{\\partial d^{fake}_j} = -\\frac1M
+        L = -\frac1M \sum_j d^{fake}_j, \qquad \frac{\partial L}{\partial d^{fake}_j} = -\frac1M
     """
     _check_logits("d_fake", d_fake)
     xp = get_array_module(d_fake)
@@ -81,7 +81,7 @@ def hinge_g(d_fake):
 
 # ---------------------------------------------------------------------- non-saturating (Goodfellow et al. 2014)
 def nonsaturating_d(d_real, d_fake):
-    """Discriminator loss of the original GAN: binary cross-entropy on logits (Goodfellow et al. 2014).
+    r"""Discriminator loss of the original GAN: binary cross-entropy on logits (Goodfellow et al. 2014).
 
     Args:
         d_real: logits D(x) on real images, shape (N,) or (N, 1).
@@ -92,10 +92,10 @@ def nonsaturating_d(d_real, d_fake):
     With probabilities sigma(d), -log sigma(d) = softplus(-d) and -log(1 - sigma(d)) = softplus(d):
 
     .. math::
-        L = \\frac1N \\sum_i \\mathrm{softplus}(-d^{real}_i) + \\frac1M \\sum_j \\mathrm{softplus}(d^{fake}_j)
+        L = \frac1N \sum_i \mathrm{softplus}(-d^{real}_i) + \frac1M \sum_j \mathrm{softplus}(d^{fake}_j)
 
-        \\frac{\\partial L}{\\partial d^{real}_i} = -\\frac1N \\sigma(-d^{real}_i), \\qquad
-        \\frac{\\partial L}{\\partial d^{fake}_j} = \\frac1M \\sigma(d^{fake}_j)
+        \frac{\partial L}{\partial d^{real}_i} = -\frac1N \sigma(-d^{real}_i), \qquad
+        \frac{\partial L}{\partial d^{fake}_j} = \frac1M \sigma(d^{fake}_j)
 
     since softplus'(x) = sigma(x).
     """
@@ -112,7 +112,7 @@ def nonsaturating_d(d_real, d_fake):
 
 
 def nonsaturating_g(d_fake):
-    """Non-saturating generator loss -log D(G(z)) on logits (Goodfellow et al. 2014, Sec. 3).
+    r"""Non-saturating generator loss -log D(G(z)) on logits (Goodfellow et al. 2014, Sec. 3).
 
     Args:
         d_fake: logits D(G(z)), shape (M,) or (M, 1).
@@ -120,8 +120,8 @@ def nonsaturating_g(d_fake):
         (loss, grad_fake): 0-d loss and dL/dd_fake with d_fake's shape.
 
     .. math::
-        L = \\frac1M \\sum_j \\mathrm{softplus}(-d^{fake}_j), \\qquad
-        \\frac{\\partial L}{\\partial d^{fake}_j} = -\\frac1M \\sigma(-d^{fake}_j)
+        L = \frac1M \sum_j \mathrm{softplus}(-d^{fake}_j), \qquad
+        \frac{\partial L}{\partial d^{fake}_j} = -\frac1M \sigma(-d^{fake}_j)
     """
     _check_logits("d_fake", d_fake)
     xp = get_array_module(d_fake)
@@ -134,7 +134,7 @@ def nonsaturating_g(d_fake):
 
 # ---------------------------------------------------------------------- Wasserstein (Arjovsky et al. 2017)
 def wasserstein_d(d_real, d_fake):
-    """Critic loss of the Wasserstein GAN (Arjovsky et al. 2017), without any Lipschitz penalty.
+    r"""Critic loss of the Wasserstein GAN (Arjovsky et al. 2017), without any Lipschitz penalty.
 
     Args:
         d_real: critic scores on real images, shape (N,) or (N, 1).
@@ -143,9 +143,9 @@ def wasserstein_d(d_real, d_fake):
         (loss, grad_real, grad_fake): 0-d loss; dL/dd_real; dL/dd_fake (each with its input's shape).
 
     .. math::
-        L = \\frac1M \\sum_j d^{fake}_j - \\frac1N \\sum_i d^{real}_i, \\qquad
-        \\frac{\\partial L}{\\partial d^{real}_i} = -\\frac1N, \\qquad
-        \\frac{\\partial L}{\\partial d^{fake}_j} = \\frac1M
+        L = \frac1M \sum_j d^{fake}_j - \frac1N \sum_i d^{real}_i, \qquad
+        \frac{\partial L}{\partial d^{real}_i} = -\frac1N, \qquad
+        \frac{\partial L}{\partial d^{fake}_j} = \frac1M
     """
     _check_logits("d_real", d_real)
     _check_logits("d_fake", d_fake)

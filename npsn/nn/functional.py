@@ -3,7 +3,7 @@ from npsn.backend import get_array_module
 
 
 def softplus(x):
-    """softplus(x) = log(1 + exp(x)), without overflow for logits of any size.
+    r"""softplus(x) = log(1 + exp(x)), without overflow for logits of any size.
 
     Args:
         x: array of any shape (floating dtype).
@@ -11,7 +11,7 @@ def softplus(x):
         array of ``x``'s shape and dtype.
 
     .. math::
-        \\log(1 + e^x) = \\max(x, 0) + \\log(1 + e^{-|x|})
+        \log(1 + e^x) = \max(x, 0) + \log(1 + e^{-|x|})
 
     (for x >= 0 factor out e^x; for x < 0 it is the identity). ``exp(-|x|)`` lies in (0, 1]
     so it cannot overflow; for |x| beyond ~745 (float64) or ~104 (float32) it underflows
@@ -24,7 +24,7 @@ def softplus(x):
 
 
 def sigmoid(x):
-    """sigmoid(x) = 1 / (1 + exp(-x)) = d softplus(x) / dx, without overflow.
+    r"""sigmoid(x) = 1 / (1 + exp(-x)) = d softplus(x) / dx, without overflow.
 
     Args:
         x: array of any shape (floating dtype).
@@ -32,8 +32,8 @@ def sigmoid(x):
         array of ``x``'s shape and dtype, in [0, 1].
 
     .. math::
-        \\sigma(x) = \\frac{1}{1 + e^{-|x|}} \\ (x \\ge 0), \\qquad
-        \\sigma(x) = \\frac{e^{-|x|}}{1 + e^{-|x|}} \\ (x < 0)
+        \sigma(x) = \frac{1}{1 + e^{-|x|}} \ (x \ge 0), \qquad
+        \sigma(x) = \frac{e^{-|x|}}{1 + e^{-|x|}} \ (x < 0)
 
     Both forms only ever exponentiate -|x| <= 0, so nothing overflows; the x < 0 form
     keeps full relative precision for very negative x (where 1 - sigma(-x) would cancel).

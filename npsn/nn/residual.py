@@ -3,11 +3,11 @@ from npsn.nn.module import Module
 
 
 class Residual(Module):
-    """y = residual(x) + shortcut(x); an identity shortcut when ``shortcut`` is None.
+    r"""y = residual(x) + shortcut(x); an identity shortcut when ``shortcut`` is None.
 
     Both branches see the same input, so by the chain rule their input gradients add:
 
-    .. math:: \\frac{\\partial L}{\\partial x} = J_{residual}^T G + J_{shortcut}^T G .
+    .. math:: \frac{\partial L}{\partial x} = J_{residual}^T G + J_{shortcut}^T G .
 
     Children are named ``residual`` and ``shortcut`` (their parameters appear as
     ``residual.0.weight``, ``shortcut.0.bias``, ...).
