@@ -9,10 +9,17 @@ Everything else in npsn learns its array module (``xp``) from the arrays it is
 given, through :func:`get_array_module`, so every kernel is written once and runs on
 both. Parameters are always initialized on the host with NumPy (so a seed gives the
 same weights on either device) and moved with :func:`to_device`.
+
+Elementwise math goes through :func:`elementwise`, the one place that decides how it runs:
+split between host threads on NumPy, one fused kernel on CuPy.
 """
+import functools
+import re
 import sys
 
 import numpy as np
+
+from npsn.utils import threads
 
 DEVICES = ("cpu", "gpu")
 
@@ -116,3 +123,87 @@ def synchronize(device):
     """Wait for all queued work on ``device`` (a no-op on the CPU); use before reading a clock."""
     if device == "gpu":
         _cupy_or_error().cuda.Device().synchronize()
+
+
+def elementwise(fn, *args, out=None):
+    r"""Run an elementwise function the way that is fast on its arrays' device; without arguments, a decorator.
+
+    Two forms::
+
+        @elementwise                          # a decorator: leaky_relu is an Elementwise
+        def leaky_relu(x, slope):
+            d = slope + (1 - slope) * (x > 0).astype(x.dtype)
+            return d * x, d
+
+        y, d = leaky_relu(x, 0.1)
+        elementwise(lambda y, b: y + b, y, bias, out=y)   # one call: y += b, in place
+
+    ``fn`` is a plain function of arrays and Python scalars written as array expressions, and
+    must be *elementwise*: each element of each result depends only on the elements at the
+    same position of the (broadcast) arguments. It may use arithmetic and comparison operators,
+    ``xp`` ufuncs (``xp = get_array_module(x)`` of an array argument) and ``.astype``; it may
+    not reduce, index or slice, change shapes, create arrays, modify its arguments, or branch
+    on its arguments' values (under CuPy every argument, Python scalars included, is a traced
+    variable). It returns an array or a tuple of arrays. Reductions belong outside, on the
+    results.
+
+    ``out`` (optional): an array, or a tuple of arrays (one per result), of the full broadcast
+    shape, to write the results into and return; it may be an argument (an in-place update).
+
+    **NumPy** (:func:`npsn.utils.threads.parallel_elementwise`): with one host thread, or
+    arrays too small to be worth a thread hand-off, ``fn`` is called once, directly, on the
+    arguments (its results then copied into ``out``, if given). Otherwise the batch (the
+    leading axis) is split between the threads: arguments that have every axis of the
+    broadcast shape and its full leading length are sliced by rows, all others (scalars,
+    per-channel vectors, arrays broadcast along the batch) are used whole. ``fn`` is traced
+    once, as ``cupy.fuse`` does, and each thread replays its ufuncs on cache-sized blocks of its
+    rows with ``out=`` (intermediate values in small scratch arrays, results straight into the
+    outputs' rows), so no full-size temporary is made. Each element goes through the same
+    ufuncs with the same dtypes and scalars whatever the split: results are bit-identical for
+    any number of threads. The split path enforces the rules above: a NumPy function that is
+    not a ufunc, a ufunc called with keywords, or a branch on values raises TypeError.
+
+    **CuPy**: ``cupy.fuse(fn)`` is called, one fused kernel for the whole function, compiled
+    once and cached (per decorated function; for the call form, per function code when ``fn``
+    has no free variables or defaults -- a lambda re-created at every call is compiled once).
+    ``cupy.fuse`` accepts exactly the operations listed above and CuPy/Python scalars; its
+    Python floats follow the same weak-scalar casting as NumPy 2's (a float32 array times 0.1
+    stays float32). A fused kernel may contract ``a * b + c`` into one fused multiply-add, so
+    GPU results can differ from the host's in the last bit.
+    """
+    function = Elementwise(fn)
+    return function(*args, out=out) if args else function
+
+
+class Elementwise:
+    """An elementwise function made by :func:`elementwise`; ``fn`` is the plain function it runs."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self._fused = None
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args, out=None):
+        kernel = self.fn if get_array_module(*args) is np else self._fused_kernel()
+        # NumPy arrays are split between host threads; for any other array this is one call of kernel.
+        return threads.parallel_elementwise(kernel, args, out)
+
+    def _fused_kernel(self):
+        """``cupy.fuse(self.fn)``, built once (and shared by closure-free functions with the same code)."""
+        if self._fused is None:
+            fn = self.fn
+            shareable = fn.__closure__ is None and not fn.__defaults__ and not fn.__kwdefaults__
+            self._fused = _FUSED.get(fn.__code__) if shareable else None
+            if self._fused is None:
+                name = "npsn_" + re.sub(r"\W", "_", fn.__name__)  # a C identifier, also for a <lambda>
+                self._fused = sys.modules["cupy"].fuse(kernel_name=name)(fn)
+                if shareable:
+                    _FUSED[fn.__code__] = self._fused
+        return self._fused
+
+    def __repr__(self):
+        return f"elementwise({self.fn.__qualname__})"
+
+
+#: Fused CuPy kernels of closure-free functions, by their code object.
+_FUSED = {}

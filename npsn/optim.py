@@ -20,9 +20,8 @@ steps do not change.
 import math
 
 from npsn import backend
-from npsn.backend import get_array_module
+from npsn.backend import elementwise, get_array_module
 from npsn.nn.module import Parameter
-from npsn.utils.threads import parallel_chunks
 
 
 class Optimizer:
@@ -226,36 +225,36 @@ class Adam(Optimizer):
             state["step"] = 0
             state["exp_avg"] = xp.zeros_like(p.data)
             state["exp_avg_sq"] = xp.zeros_like(p.data)
-        m, v = state["exp_avg"], state["exp_avg_sq"]
         state["step"] += 1
         t = state["step"]
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        # g = grad + lambda p   (a new array: p.grad itself is never modified)
+        g = p.grad if self.weight_decay == 0 else p.grad + self.weight_decay * p.data
         step_size = self.lr / (1 - self.beta1**t)
         sqrt_bias_correction2 = math.sqrt(1 - self.beta2**t)
+        # p, m, v <- p_t, m_t, v_t, in place
+        _adam_step(p.data, g, m, v, self.beta1, self.beta2, self.eps, step_size, sqrt_bias_correction2,
+                   out=(p.data, m, v))
 
-        def update(rows):  # the parameter's rows[rows] (elementwise, so any split gives the same result)
-            data, grad, m_rows, v_rows = p.data[rows], p.grad[rows], m[rows], v[rows]
-            # g = grad + lambda * p   (a new array: p.grad itself is never modified)
-            g = grad if self.weight_decay == 0 else grad + self.weight_decay * data
-            # m_t = beta1 * m_{t-1} + (1 - beta1) * g
-            m_rows *= self.beta1
-            m_rows += (1 - self.beta1) * g
-            # v_t = beta2 * v_{t-1} + (1 - beta2) * g^2
-            v_rows *= self.beta2
-            v_rows += (1 - self.beta2) * (g * g)
-            # denom = sqrt(v_t) / sqrt(1 - beta2^t) + eps
-            denom = xp.sqrt(v_rows)
-            denom /= sqrt_bias_correction2
-            denom += self.eps
-            # p <- p - (lr / (1 - beta1^t)) * m_t / denom   (the quotient overwrites denom)
-            step = xp.divide(m_rows, denom, out=denom)
-            step *= step_size
-            data -= step
 
-        if p.data.ndim:
-            # split over the first axis between host threads (npsn.utils.threads)
-            parallel_chunks(p.data, lambda a, b: update(slice(a, b)))
-        else:
-            update(...)  # a 0-d parameter
+@elementwise
+def _adam_step(p, g, m, v, beta1, beta2, eps, step_size, sqrt_bias_correction2):
+    r"""One Adam step of a parameter p with gradient g: returns (p_t, m_t, v_t).
+
+    step_size = lr / (1 - beta1^t) and sqrt_bias_correction2 = sqrt(1 - beta2^t) are Python
+    floats (rounded to p's dtype where they meet an array). Each operation rounds as written,
+    e.g. (1 - beta2) (g g), not ((1 - beta2) g) g.
+    """
+    xp = get_array_module(p)
+    # m_t = beta1 m_{t-1} + (1 - beta1) g
+    m = beta1 * m + (1 - beta1) * g
+    # v_t = beta2 v_{t-1} + (1 - beta2) g^2
+    v = beta2 * v + (1 - beta2) * (g * g)
+    # denom = sqrt(v_t) / sqrt(1 - beta2^t) + eps
+    denom = xp.sqrt(v) / sqrt_bias_correction2 + eps
+    # p_t = p - (lr / (1 - beta1^t)) m_t / denom
+    p = p - step_size * (m / denom)
+    return p, m, v
 
 
 class SGD(Optimizer):

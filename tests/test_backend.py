@@ -1,6 +1,8 @@
-"""The array backend: device names, clear errors, and that every xp.<name> used exists in NumPy and CuPy."""
+"""The array backend: device names, clear errors, every xp.<name> used exists in NumPy and CuPy, and elementwise."""
 import pathlib
 import re
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -69,3 +71,93 @@ def test_gpu_round_trip(device):
     x = backend.to_device(np.arange(4.0), device)
     assert backend.get_array_module(x) is xp and backend.device_of(x) == device
     np.testing.assert_array_equal(backend.to_numpy(x * 2), np.arange(4.0) * 2)
+
+
+@backend.elementwise
+def _leaky(x, slope):
+    d = slope + (1 - slope) * (x > 0).astype(x.dtype)
+    return d * x, d
+
+
+def test_elementwise_decorator_and_call_forms():
+    x = np.array([[-2.0, 3.0], [0.5, -0.25]], dtype=np.float32)
+    assert isinstance(_leaky, backend.Elementwise) and _leaky.__name__ == "_leaky"
+    y, d = _leaky(x, 0.1)
+    assert y.dtype == d.dtype == np.float32  # a Python float stays a weak scalar
+    np.testing.assert_array_equal(d, np.where(x > 0, 1, np.float32(0.1)))
+    np.testing.assert_array_equal(y, d * x)
+    out = np.empty_like(x)
+    assert backend.elementwise(lambda x, c: x + c, x, 1.0, out=out) is out
+    np.testing.assert_array_equal(out, x + 1)
+
+
+class _FakeCupyArray:
+    """Stands for a cupy.ndarray in the fake CuPy module below (a NumPy array inside)."""
+
+    def __init__(self, array):
+        self.array = array
+
+    def __setitem__(self, index, value):
+        self.array[index] = value.array if isinstance(value, _FakeCupyArray) else value
+
+
+@pytest.fixture
+def fake_cupy(monkeypatch):
+    """A stand-in ``cupy`` module: its arrays are _FakeCupyArray, ``fuse`` records each kernel it builds."""
+    cupy = types.ModuleType("cupy")
+    cupy.kernels = []
+
+    def fuse(kernel_name):
+        def build(fn):
+            cupy.kernels.append(kernel_name)
+
+            def kernel(*args):
+                results = fn(*(a.array if isinstance(a, _FakeCupyArray) else a for a in args))
+                return tuple(map(_FakeCupyArray, results)) if isinstance(results, tuple) else _FakeCupyArray(results)
+
+            return kernel
+        return build
+
+    cupy.fuse = fuse
+    cupy.get_array_module = lambda *args: cupy if any(isinstance(a, _FakeCupyArray) for a in args) else np
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    monkeypatch.setattr(backend, "_FUSED", {})
+    return cupy
+
+
+def _add(y, b):
+    return backend.elementwise(lambda y, b: y + b, y, b)  # a new lambda object, the same code, at every call
+
+
+def test_elementwise_on_cupy_builds_one_fused_kernel_per_function(fake_cupy):
+    x = _FakeCupyArray(np.array([-1.0, 2.0]))
+    for _ in range(2):
+        y, d = _leaky(x, 0.5)
+        np.testing.assert_array_equal(y.array, [-0.5, 2.0])
+        np.testing.assert_array_equal(_add(x, 1.0).array, [0.0, 3.0])
+    # one kernel each, named by a C identifier (a lambda's name is "<lambda>")
+    assert fake_cupy.kernels == ["npsn__leaky", "npsn__lambda_"]
+    out = _FakeCupyArray(np.zeros(2))
+    assert backend.elementwise(lambda y, b: y + b, x, 1.0, out=out) is out
+    np.testing.assert_array_equal(out.array, [0.0, 3.0])
+    assert fake_cupy.kernels == ["npsn__leaky", "npsn__lambda_", "npsn__lambda_"]  # another lambda's code
+
+
+def test_elementwise_does_not_share_kernels_of_closures(fake_cupy):
+    x = _FakeCupyArray(np.array([1.0, 2.0]))
+    for c in (1.0, 2.0):
+        np.testing.assert_array_equal(backend.elementwise(lambda y: y + c, x).array, [1.0 + c, 2.0 + c])
+    assert len(fake_cupy.kernels) == 2
+
+
+def test_elementwise_on_the_device_matches_numpy(device):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 4, 4, 8)).astype(np.float32)
+    scale = rng.standard_normal(8).astype(np.float32)
+    fn = backend.elementwise(lambda x, scale, slope: (_leaky.fn(x, slope)[0] * scale, x > 0))
+    expected = fn.fn(x, scale, 0.1)
+    got = fn(backend.to_device(x, device), backend.to_device(scale, device), 0.1)
+    assert backend.device_of(got[0]) == device
+    # a fused kernel may contract a * b + c into one FMA: equal to the last bit only on the host
+    np.testing.assert_allclose(backend.to_numpy(got[0]), expected[0], rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(backend.to_numpy(got[1]), expected[1])

@@ -1,48 +1,60 @@
-"""Elementwise activations. Each keeps its output (or a mask) for backward; shapes are unchanged."""
-from npsn.backend import get_array_module
+"""Elementwise activations. Each keeps its output (or its local derivative) for backward; shapes are unchanged."""
+from npsn.backend import elementwise, get_array_module
 from npsn.nn.functional import sigmoid
 from npsn.nn.module import Module
-from npsn.utils.threads import parallel_chunks
+
+
+@elementwise
+def _relu(x):
+    r"""y = max(x, 0)."""
+    xp = get_array_module(x)
+    return xp.maximum(x, 0)
+
+
+@elementwise
+def _relu_grad(grad_out, y):
+    r"""dL/dx = dL/dy [x > 0], from the output y: y > 0 exactly where x > 0."""
+    return grad_out * (y > 0)
+
+
+@elementwise
+def _leaky_relu(x, slope):
+    r"""y = d x with d = 1 where x > 0 and d = slope elsewhere; returns (y, d)."""
+    # d = slope + (1 - slope) [x > 0]   (arithmetic on the mask: ~8x faster than a masked copy
+    # or xp.where on a CPU, whose branches mispredict on random signs)
+    d = slope + (1 - slope) * (x > 0).astype(x.dtype)
+    # y = d x
+    return d * x, d
+
+
+@elementwise
+def _times(a, b):
+    r"""a b, elementwise (with broadcasting)."""
+    return a * b
 
 
 class ReLU(Module):
-    """y = max(x, 0).  dL/dx = dL/dy * [x > 0]  (subgradient 0 at x = 0, as PyTorch).
+    r"""y = max(x, 0).  dL/dx = dL/dy [x > 0]  (subgradient 0 at x = 0, as PyTorch).
 
-    Forward keeps y; y > 0 exactly where x > 0. Both passes are split over the batch between
-    host threads (:func:`npsn.utils.threads.parallel_chunks`).
+    Forward keeps y; y > 0 exactly where x > 0.
     """
 
     def forward(self, x):
-        xp = get_array_module(x)
-        y = xp.empty_like(x)
-
-        def work(a, b):
-            # y = max(x, 0)
-            xp.maximum(x[a:b], 0, out=y[a:b])
-
-        parallel_chunks(x, work)
+        # y = max(x, 0)
+        y = _relu(x)
         self.save_for_backward(y=y)
         return y
 
     def backward(self, grad_out):
-        xp = get_array_module(grad_out)
-        y = self.saved().y
-        grad_in = xp.empty_like(grad_out)
-
-        def work(a, b):
-            # dL/dx = G * [y > 0]
-            xp.multiply(grad_out[a:b], y[a:b] > 0, out=grad_in[a:b])
-
-        parallel_chunks(grad_out, work)
-        return grad_in
+        # dL/dx = G [y > 0]
+        return _relu_grad(grad_out, self.saved().y)
 
 
 class LeakyReLU(Module):
-    """y = x if x > 0 else slope * x, i.e. y = d * x with d = 1 where x > 0 and d = slope elsewhere.
+    r"""y = x if x > 0 else slope x, i.e. y = d x with d = 1 where x > 0 and d = slope elsewhere.
 
-    Backward: dL/dx = dL/dy * d. Forward keeps d (the local derivative), so backward is one
-    product. Both passes are split over the batch between host threads
-    (:func:`npsn.utils.threads.parallel_chunks`).
+    Backward: dL/dx = dL/dy d. Forward keeps d (the local derivative), so backward is one
+    product.
     """
 
     def __init__(self, negative_slope=0.01):
@@ -50,34 +62,14 @@ class LeakyReLU(Module):
         self.negative_slope = negative_slope
 
     def forward(self, x):
-        xp = get_array_module(x)
-        dydx, y = xp.empty_like(x), xp.empty_like(x)
-
-        def work(a, b):
-            # d = slope + (1 - slope) [x > 0]   (arithmetic on the mask: ~8x faster than a masked
-            # copy or xp.where on a CPU, whose branches mispredict on random signs)
-            d = dydx[a:b]
-            xp.greater(x[a:b], 0, out=d)
-            d *= 1 - self.negative_slope
-            d += self.negative_slope
-            # y = d x
-            xp.multiply(x[a:b], d, out=y[a:b])
-
-        parallel_chunks(x, work)
-        self.save_for_backward(dydx=dydx)
+        # y = d x, with d = slope + (1 - slope) [x > 0]
+        y, d = _leaky_relu(x, self.negative_slope)
+        self.save_for_backward(dydx=d)
         return y
 
     def backward(self, grad_out):
-        xp = get_array_module(grad_out)
-        dydx = self.saved().dydx
-        grad_in = xp.empty_like(grad_out)
-
-        def work(a, b):
-            # dL/dx = G d
-            xp.multiply(grad_out[a:b], dydx[a:b], out=grad_in[a:b])
-
-        parallel_chunks(grad_out, work)
-        return grad_in
+        # dL/dx = G d
+        return _times(grad_out, self.saved().dydx)
 
     def extra_repr(self):
         return f"negative_slope={self.negative_slope}"

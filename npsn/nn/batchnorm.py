@@ -1,13 +1,41 @@
 """Batch normalization (Ioffe & Szegedy, 2015) with PyTorch's running statistics."""
 import numpy as np
 
-from npsn.backend import get_array_module
+from npsn.backend import elementwise, get_array_module
 from npsn.nn.module import Module, Parameter
-from npsn.utils.threads import parallel_chunks
+
+
+# The elementwise parts of the equations (npsn.backend.elementwise: host threads on NumPy, one
+# fused kernel on CuPy); the sums over all but the channel axis stay outside them, unsplit.
+
+@elementwise
+def _deviation(x, mean):
+    r"""(x - \mu, (x - \mu)^2)."""
+    centered = x - mean
+    return centered, centered * centered
+
+
+@elementwise
+def _scale_shift(centered, inv_std, gamma, beta):
+    r"""(\hat x, y) with \hat x = (x - \mu) / \sqrt{\sigma^2 + \epsilon} and y = \gamma \hat x + \beta."""
+    x_hat = centered * inv_std
+    return x_hat, gamma * x_hat + beta
+
+
+@elementwise
+def _product(a, b):
+    r"""a b, elementwise (with broadcasting)."""
+    return a * b
+
+
+@elementwise
+def _input_grad(grad_out, x_hat, sum_g, sum_g_xhat, scale, count):
+    r"""\partial L / \partial x = \frac{s}{M} (M G - \sum G - \hat x \sum G \hat x), with s = \gamma / \sqrt{\sigma^2 + \epsilon}."""
+    return (count * grad_out - sum_g - x_hat * sum_g_xhat) * (scale / count)
 
 
 class _BatchNorm(Module):
-    """Normalize each channel over all other axes, then scale and shift.
+    r"""Normalize each channel over all other axes, then scale and shift.
 
     Channels are the **last** axis: BatchNorm1d takes (N, C); BatchNorm2d takes channels-last
     (N, H, W, C) (the same computation as PyTorch's on NCHW). Let M be the number of values
@@ -16,11 +44,11 @@ class _BatchNorm(Module):
     Training mode uses the batch statistics and updates the running ones as PyTorch does:
 
     .. math::
-        \\mu = \\tfrac1M \\textstyle\\sum x, \\quad \\sigma^2 = \\tfrac1M \\sum (x-\\mu)^2, \\quad
-        \\hat x = (x-\\mu)/\\sqrt{\\sigma^2+\\epsilon}, \\quad y = \\gamma \\hat x + \\beta,
+        \mu = \tfrac1M \textstyle\sum x, \quad \sigma^2 = \tfrac1M \sum (x-\mu)^2, \quad
+        \hat x = (x-\mu)/\sqrt{\sigma^2+\epsilon}, \quad y = \gamma \hat x + \beta,
 
-        \\text{running\\_mean} \\leftarrow (1-m)\\,\\text{running\\_mean} + m\\,\\mu, \\quad
-        \\text{running\\_var} \\leftarrow (1-m)\\,\\text{running\\_var} + m\\,\\tfrac{M}{M-1}\\sigma^2
+        \text{running\_mean} \leftarrow (1-m)\,\text{running\_mean} + m\,\mu, \quad
+        \text{running\_var} \leftarrow (1-m)\,\text{running\_var} + m\,\tfrac{M}{M-1}\sigma^2
 
     (the running variance is the *unbiased* one, the normalization uses the biased one).
     Eval mode normalizes with the running statistics instead, a fixed affine map.
@@ -28,10 +56,10 @@ class _BatchNorm(Module):
     Backward, with G = dL/dy, in training mode (mu and sigma depend on x):
 
     .. math::
-        \\frac{\\partial L}{\\partial \\gamma} = \\textstyle\\sum G \\hat x, \\quad
-        \\frac{\\partial L}{\\partial \\beta} = \\sum G, \\quad
-        \\frac{\\partial L}{\\partial x} = \\frac{\\gamma}{M\\sqrt{\\sigma^2+\\epsilon}}
-            \\Big(M G - \\sum G - \\hat x \\sum G \\hat x\\Big),
+        \frac{\partial L}{\partial \gamma} = \textstyle\sum G \hat x, \quad
+        \frac{\partial L}{\partial \beta} = \sum G, \quad
+        \frac{\partial L}{\partial x} = \frac{\gamma}{M\sqrt{\sigma^2+\epsilon}}
+            \Big(M G - \sum G - \hat x \sum G \hat x\Big),
 
     and in eval mode simply dL/dx = G gamma / sqrt(running_var + eps).
 
@@ -59,22 +87,16 @@ class _BatchNorm(Module):
             raise ValueError(f"{type(self).__name__}({self.num_features}) expects {self.expected_ndim}-D input "
                              f"with {self.num_features} channels last, got shape {tuple(x.shape)}")
         xp = get_array_module(x)
-        axes = tuple(range(x.ndim - 1))
-        # Elementwise passes are split over the batch between host threads (npsn.utils.threads); the
-        # reductions over all but the channel axis are not (their result would then depend on the split).
-        x_hat, y = xp.empty_like(x), xp.empty_like(x)
+        axes = tuple(range(x.ndim - 1))  # every axis but the channels
         if self.training:
             count = x.size // x.shape[-1]
+            # mu = 1/M sum x
             mean = x.mean(axis=axes)
-
-            def center(a, b):
-                # x - mu (normalized in place below), and (x - mu)^2 in y until y is computed
-                xp.subtract(x[a:b], mean, out=x_hat[a:b])
-                xp.multiply(x_hat[a:b], x_hat[a:b], out=y[a:b])
-
-            parallel_chunks(x, center)
-            var = y.mean(axis=axes)
-            # running <- (1 - m) running + m batch_stat, with the unbiased variance M/(M-1) var
+            # x - mu, and (x - mu)^2
+            centered, squared = _deviation(x, mean)
+            # sigma^2 = 1/M sum (x - mu)^2   (the biased variance)
+            var = squared.mean(axis=axes)
+            # running <- (1 - m) running + m batch_stat, with the unbiased variance M/(M-1) sigma^2
             m = self.momentum
             self.running_mean = (1 - m) * self.running_mean + m * mean.astype(self.running_mean.dtype)
             unbiased = var * (count / max(count - 1, 1))
@@ -82,32 +104,28 @@ class _BatchNorm(Module):
             self.num_batches_tracked = self.num_batches_tracked + 1
         else:
             mean = self.running_mean.astype(x.dtype)
-            parallel_chunks(x, lambda a, b: xp.subtract(x[a:b], mean, out=x_hat[a:b]))
             var = self.running_var.astype(x.dtype)
+            # x - mu
+            centered = x - mean
+        # inv_std = 1 / sqrt(sigma^2 + eps)
         inv_std = 1 / xp.sqrt(var + self.eps)
-
-        def normalize(a, b):
-            # x_hat = (x - mu) / sqrt(var + eps)
-            x_hat[a:b] *= inv_std
-            if self.affine:
-                # y = gamma x_hat + beta
-                xp.multiply(x_hat[a:b], self.weight.data, out=y[a:b])
-                y[a:b] += self.bias.data
-
-        parallel_chunks(x, normalize)
+        if self.affine:
+            # x_hat = (x - mu) inv_std,  y = gamma x_hat + beta
+            x_hat, y = _scale_shift(centered, inv_std, self.weight.data, self.bias.data)
+        else:
+            # x_hat = (x - mu) inv_std,  y = x_hat
+            x_hat = y = _product(centered, inv_std)
         self.save_for_backward(x_hat=x_hat, inv_std=inv_std, used_batch_stats=self.training)
-        return y if self.affine else x_hat
+        return y
 
     def backward(self, grad_out):
-        xp = get_array_module(grad_out)
         saved = self.saved()
         x_hat, inv_std = saved.x_hat, saved.inv_std
-        axes = tuple(range(grad_out.ndim - 1))
-        grad_in = xp.empty_like(grad_out)
+        axes = tuple(range(grad_out.ndim - 1))  # every axis but the channels
+        count = grad_out.size // grad_out.shape[-1]
+        # sum G and sum G x_hat, per channel
         sum_g = grad_out.sum(axis=axes)
-        # G x_hat, in grad_in until dL/dx is computed
-        parallel_chunks(grad_out, lambda a, b: xp.multiply(grad_out[a:b], x_hat[a:b], out=grad_in[a:b]))
-        sum_g_xhat = grad_in.sum(axis=axes)
+        sum_g_xhat = _product(grad_out, x_hat).sum(axis=axes)
         if self.affine:
             if self.weight.requires_grad:
                 # dL/dgamma = sum G x_hat
@@ -115,25 +133,13 @@ class _BatchNorm(Module):
             if self.bias.requires_grad:
                 # dL/dbeta = sum G
                 self.bias.accumulate_grad(sum_g)
-            scale = self.weight.data * inv_std
-        else:
-            scale = inv_std
-        count = grad_out.size // grad_out.shape[-1]
-
-        def grad_x(a, b):  # dL/dx for images [a, b)
-            g, out = grad_out[a:b], grad_in[a:b]
-            if not saved.used_batch_stats:
-                # eval: y is affine in x, dL/dx = G gamma / sqrt(running_var + eps)
-                xp.multiply(g, scale, out=out)
-                return
-            # dL/dx = gamma inv_std / M * (M G - sum G - x_hat sum(G x_hat))
-            xp.multiply(g, count, out=out)
-            out -= sum_g
-            out -= x_hat[a:b] * sum_g_xhat
-            out *= scale / count
-
-        parallel_chunks(grad_out, grad_x)
-        return grad_in
+        # scale = gamma inv_std   (inv_std without affine)
+        scale = self.weight.data * inv_std if self.affine else inv_std
+        if not saved.used_batch_stats:
+            # eval: y is affine in x, dL/dx = G gamma / sqrt(running_var + eps)
+            return _product(grad_out, scale)
+        # dL/dx = gamma inv_std / M (M G - sum G - x_hat sum G x_hat)
+        return _input_grad(grad_out, x_hat, sum_g, sum_g_xhat, scale, count)
 
     def extra_repr(self):
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}"

@@ -16,7 +16,7 @@ images or pixels, and without ``ufunc.at``. Because col2im is the exact adjoint 
 from npsn.nn import init
 from npsn.nn.im2col import col2im, im2col
 from npsn.nn.module import Module, Parameter
-from npsn.utils.threads import parallel_chunks
+from npsn.backend import elementwise
 
 
 def weight_rows(weight):
@@ -119,13 +119,8 @@ class _ConvBase(Module):
 
     def _add_bias(self, y):
         if self.bias is not None:
-            bias = self.bias.data
-
-            def work(a, b):
-                # y = (x * W) + b, in place, split over the batch between host threads
-                y[a:b] += bias
-
-            parallel_chunks(y, work)
+            # y = (x * W) + b, in place
+            elementwise(lambda y, b: y + b, y, self.bias.data, out=y)
         return y
 
     def forward(self, x):
