@@ -19,6 +19,7 @@ from the npsn trainer's weights, batches and noise.
 import numpy as np
 
 from npsn import backend
+from npsn.data.pixels import pixels_to_unit
 from npsn.gan.trainer import Trainer, preset_config
 
 PHASES = (
@@ -43,24 +44,13 @@ def make_trainer(config, model, out_dir):
 def fixed_inputs(trainer, images):
     """(x, z) on the host: the first B images scaled to [-1, 1] (NCHW float32) and B noise vectors."""
     b = trainer.config.batch_size
-    # x = pixel / 127.5 - 1
-    x = images[:b].astype(np.float32) / 127.5 - 1
+    x = pixels_to_unit(images[:b], np)
     z = np.random.default_rng([trainer.config.seed, 11]).standard_normal((b, trainer.config.z_dim)).astype(np.float32)
     return x, z
 
 
-class NpsnSide:
-    """The phases of npsn's training step, run by the Trainer itself."""
-
-    name = "npsn"
-
-    def __init__(self, trainer, x, z):
-        self.trainer, self.device = trainer, trainer.config.device
-        self.x = backend.to_device(x, self.device)
-        self.z = backend.to_device(z, self.device)
-
-    def synchronize(self):
-        backend.synchronize(self.device)
+class Side:
+    """The timed phases (see ``PHASES``), the same calls on either library's trainer, images x and noise z."""
 
     def d_forward(self):
         self.trainer.D(self.x)
@@ -78,7 +68,21 @@ class NpsnSide:
         return self.trainer.train_iteration()
 
 
-class TorchSide:
+class NpsnSide(Side):
+    """The phases of npsn's training step, run by the Trainer itself."""
+
+    name = "npsn"
+
+    def __init__(self, trainer, x, z):
+        self.trainer, self.device = trainer, trainer.config.device
+        self.x = backend.to_device(x, self.device)
+        self.z = backend.to_device(z, self.device)
+
+    def synchronize(self):
+        backend.synchronize(self.device)
+
+
+class TorchSide(Side):
     """The same phases in PyTorch (:class:`~npsn.testing.torch_reference.TorchTrainer` of the npsn trainer).
 
     Build it before the npsn trainer's first update: it copies the trainer's weights, data
@@ -98,18 +102,3 @@ class TorchSide:
 
     def synchronize(self):
         self.trainer.synchronize()
-
-    def d_forward(self):
-        self.trainer.D(self.x)
-
-    def g_forward(self):
-        self.trainer.G(self.z)
-
-    def d_update(self):
-        self.trainer.d_step()
-
-    def g_update(self):
-        self.trainer.g_step()
-
-    def iteration(self):
-        return self.trainer.train_iteration()

@@ -15,7 +15,7 @@ images or pixels, and without ``ufunc.at``. Because col2im is the exact adjoint 
 """
 from npsn.nn import init
 from npsn.nn.im2col import col2im, im2col
-from npsn.nn.module import Module, Parameter
+from npsn.nn.module import Parameter, WeightLayer
 from npsn.backend import elementwise
 
 
@@ -108,7 +108,7 @@ def scatter_backward(grad_out, x_mat, weight, stride, padding, weight_grad=True,
     return (grad_cols @ weight_rows(weight).T).reshape(n, h, w, weight.shape[0]), grad_weight
 
 
-class _ConvBase(Module):
+class _ConvBase(WeightLayer):
     def __init__(self, in_channels, out_channels, kernel_size, stride, padding, bias, weight_shape, rng):
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
@@ -122,15 +122,6 @@ class _ConvBase(Module):
             # y = (x * W) + b, in place
             elementwise(lambda y, b: y + b, y, self.bias.data, out=y)
         return y
-
-    def forward(self, x):
-        return self.forward_with(x, self.weight.data)
-
-    def backward(self, grad_out):
-        grad_in, grad_weight = self.backward_with(grad_out)
-        if grad_weight is not None:
-            self.weight.accumulate_grad(grad_weight)
-        return grad_in
 
     def _accumulate_bias_grad(self, grad_out):
         if self.bias is not None and self.bias.requires_grad:

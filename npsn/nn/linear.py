@@ -1,9 +1,9 @@
 """Fully connected layer."""
 from npsn.nn import init
-from npsn.nn.module import Module, Parameter
+from npsn.nn.module import Parameter, WeightLayer
 
 
-class Linear(Module):
+class Linear(WeightLayer):
     r"""y = x W^T + b, PyTorch's ``nn.Linear``.
 
     Args:
@@ -34,15 +34,6 @@ class Linear(Module):
         weight, bound = init.torch_default((out_features, in_features), rng)
         self.weight = Parameter(weight)
         self.bias = Parameter(init.uniform((out_features,), bound, rng)) if bias else None
-
-    def forward(self, x):
-        return self.forward_with(x, self.weight.data)
-
-    def backward(self, grad_out):
-        grad_in, grad_weight = self.backward_with(grad_out)
-        if grad_weight is not None:
-            self.weight.accumulate_grad(grad_weight)
-        return grad_in
 
     def forward_with(self, x, weight):
         """y = x W^T + b with W = ``weight`` (shaped as ``self.weight``) and this layer's b."""

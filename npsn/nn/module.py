@@ -297,3 +297,30 @@ class Sequential(Module):
             with input_grad(layers[i], self.needs_input_grad or i > first):
                 grad_out = layers[i].backward(grad_out)
         return grad_out if self.needs_input_grad else None
+
+
+class WeightLayer(Module):
+    r"""A layer computed by an explicit-weight core: ``forward_with(x, W)`` and ``backward_with(G) -> (dL/dx, dL/dW)``.
+
+    Subclasses (Linear, Conv2d, ConvTranspose2d) implement the core: ``forward_with`` computes
+    the layer's output (bias included) with the weight array it is given and caches what backward
+    needs; ``backward_with`` returns dL/dx (None when ``needs_input_grad`` is False) and dL/dW
+    (None when ``weight.requires_grad`` is False) and adds the bias gradient itself. The layer's
+    own pass uses its ``weight``; a wrapper such as :class:`~npsn.nn.spectral_norm.SpectralNorm`
+    calls the core with another weight (W / sigma) and handles dL/dW itself.
+    """
+
+    def forward(self, x):
+        return self.forward_with(x, self.weight.data)
+
+    def backward(self, grad_out):
+        grad_in, grad_weight = self.backward_with(grad_out)
+        if grad_weight is not None:
+            self.weight.accumulate_grad(grad_weight)
+        return grad_in
+
+    def forward_with(self, x, weight):
+        raise NotImplementedError
+
+    def backward_with(self, grad_out):
+        raise NotImplementedError
