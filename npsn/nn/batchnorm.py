@@ -76,8 +76,7 @@ class _BatchNorm(Module):
             self.weight = Parameter(np.ones(num_features, dtype=np.float32))
             self.bias = Parameter(np.zeros(num_features, dtype=np.float32))
         else:
-            object.__setattr__(self, "weight", None)
-            object.__setattr__(self, "bias", None)
+            self.weight = self.bias = None
         self.register_buffer("running_mean", np.zeros(num_features, dtype=np.float32))
         self.register_buffer("running_var", np.ones(num_features, dtype=np.float32))
         self.register_buffer("num_batches_tracked", np.zeros((), dtype=np.int64))
