@@ -23,6 +23,7 @@ from npsn.data.cifar10 import CIFAR10Error, download_cifar10, load_cifar10
 from npsn.gan.losses import LOSSES
 from npsn.gan.models import MODELS
 from npsn.gan.trainer import LR_DECAYS, PRESETS, Trainer, TrainingDiverged, TrainConfig, preset_config
+from npsn.nn.spectral_norm import SN_MODES
 from npsn.utils.allocator import keep_freed_memory
 
 
@@ -42,6 +43,7 @@ def parse_args(argv=None):
     p.add_argument("--g-ch", type=int, help="generator base width (default: the paper's)")
     p.add_argument("--d-ch", type=int, help="discriminator base width (default: the paper's)")
     p.add_argument("--no-sn", dest="sn", action="store_const", const=False, help="no spectral normalization in D")
+    p.add_argument("--sn-mode", choices=SN_MODES, help="D's conv sigma: matrix (the paper's, default) or operator")
     p.add_argument("--seed", type=int)
     p.add_argument("--data", help="cifar-10-python.tar.gz or its extracted folder (default: ./data)")
     p.add_argument("--download", action="store_true", help="download the official archive into --data (or ./data)")

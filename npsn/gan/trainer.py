@@ -47,6 +47,7 @@ class TrainConfig:
     g_ch: int = 0  # base widths; 0 = the paper's
     d_ch: int = 0
     sn: bool = True
+    sn_mode: str = "matrix"  # one of npsn.nn.spectral_norm.SN_MODES: "matrix" (the paper) or "operator"
     seed: int = 0
     device: str = "cpu"
     log_every: int = 10

@@ -55,6 +55,9 @@ def _normalize(x, eps):
 
 INIT_POWER_ITERATIONS = 15
 
+#: What sigma measures for a convolution: "matrix" (the reshaped kernel, the paper) or "operator" (the map on images).
+SN_MODES = ("matrix", "operator")
+
 
 class SpectralNorm(Module):
     r"""Wrap a layer that has a ``weight`` so that it computes with W_SN = W / sigma(W).
