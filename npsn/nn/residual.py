@@ -16,10 +16,7 @@ class Residual(Module):
     def __init__(self, residual, shortcut=None):
         super().__init__()
         self.residual = residual
-        if shortcut is not None:
-            self.shortcut = shortcut
-        else:
-            object.__setattr__(self, "shortcut", None)
+        self.shortcut = shortcut  # a Module is registered as a child; None is a plain attribute
 
     def forward(self, x):
         skip = x if self.shortcut is None else self.shortcut(x)
