@@ -14,6 +14,7 @@ COMPARE = ("none", "torch")
 MALLOC = ("no-trim", "default")  # npsn.utils.allocator.keep_freed_memory(), or glibc's own behaviour
 MEMORY = ("probe", "off")
 SIDES = ("npsn", "torch")
+SN_MODES = ("matrix", "operator")  # npsn.nn.spectral_norm.SN_MODES (repeated: this module imports no NumPy; a test checks)
 DEFAULT_REPEATS, DEFAULT_WARMUP = 10, 2
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -40,15 +41,19 @@ class BenchConfig:
     g_ch: Optional[int] = None
     d_ch: Optional[int] = None
     seed: int = 0
+    sn_mode: str = "matrix"
     json_only: bool = False
     probe_memory: Optional[str] = None
 
     def __post_init__(self):
         self.models = list(self.models)
         for name, value, choices in (("device", self.device, DEVICES), ("compare", self.compare, COMPARE),
-                                     ("malloc", self.malloc, MALLOC), ("memory", self.memory, MEMORY)):
+                                     ("malloc", self.malloc, MALLOC), ("memory", self.memory, MEMORY),
+                                     ("sn_mode", self.sn_mode, SN_MODES)):
             if value not in choices:
                 raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        if self.sn_mode != "matrix" and self.compare == "torch":
+            raise ValueError("--compare torch needs --sn-mode matrix: PyTorch's spectral norm has no operator mode")
         if not self.models or any(m not in MODELS for m in self.models):
             raise ValueError(f"models must be a non-empty subset of {', '.join(MODELS)}, got {self.models}")
         if self.batch_size < 1 or (self.threads is not None and self.threads < 1):
@@ -68,7 +73,7 @@ class BenchConfig:
         """The command-line flags that make ``scripts/bench.py`` probe ``side``'s memory on ``model`` alone."""
         flags = ["--probe-memory", side, "--models", model, "--device", self.device,
                  "--batch-size", str(self.batch_size), "--malloc", self.malloc, "--seed", str(self.seed),
-                 "--json-only"]
+                 "--sn-mode", self.sn_mode, "--json-only"]
         for option, value in (("--threads", self.threads), ("--g-ch", self.g_ch), ("--d-ch", self.d_ch)):
             if value is not None:
                 flags += [option, str(value)]

@@ -133,7 +133,7 @@ def environment_report(config, torch, allocator_applied):
     return {
         "device": config.device, "gpu": gpu_name, "cpu": _cpu_name(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "batch_size": config.batch_size, "versions": versions, "settle_s": config.settle,
+        "batch_size": config.batch_size, "sn_mode": config.sn_mode, "versions": versions, "settle_s": config.settle,
         "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "git": {"commit": _git("rev-parse", "--short", "HEAD"),
                 "npsn_modified": bool(_git("status", "--porcelain", "--", "npsn"))},

@@ -35,7 +35,8 @@ N_IMAGES = 512  # synthetic uint8 "real" images
 def make_trainer(config, model, out_dir):
     """An npsn Trainer for ``model``'s preset with n_dis = 1, on synthetic images; returns (trainer, images)."""
     train_config = preset_config(model, n_dis=1, batch_size=config.batch_size, device=config.device,
-                                 seed=config.seed, g_ch=config.g_ch, d_ch=config.d_ch)
+                                 seed=config.seed, g_ch=config.g_ch, d_ch=config.d_ch,
+                                 sn_mode=config.sn_mode)
     n_images = max(N_IMAGES, config.batch_size)
     images = np.random.default_rng([config.seed, 10]).integers(0, 256, (n_images, 3, 32, 32), dtype=np.uint8)
     return Trainer(train_config, images, out_dir), images

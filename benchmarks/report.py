@@ -12,7 +12,8 @@ def format_header(env):
     setting = "keep_freed_memory() applied" if malloc["keep_freed_memory"] else "glibc defaults"
     return [
         f"device {env['device']}{' (' + env['gpu'] + ')' if env['gpu'] else ''}, cpu {env['cpu']} "
-        f"({env['cpus_usable']} usable), batch {env['batch_size']}, load average at start "
+        f"({env['cpus_usable']} usable), batch {env['batch_size']}, SN mode {env.get('sn_mode', 'matrix')}, "
+        "load average at start "
         + " ".join(f"{v:.2f}" for v in env["load_average_at_start"] or ()),
         "versions " + ", ".join(f"{k} {v}" for k, v in env["versions"].items())
         + f", git {env['git']['commit']}{' (npsn/ modified)' if env['git']['npsn_modified'] else ''}",

@@ -33,7 +33,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.config import (  # noqa: E402  (standard library only: NumPy is not loaded yet)
-    COMPARE, DEVICES, MALLOC, MEMORY, MODELS, SIDES, BenchConfig, model_list, per_model, set_thread_environment)
+    COMPARE, DEVICES, MALLOC, MEMORY, MODELS, SIDES, SN_MODES, BenchConfig, model_list, per_model, set_thread_environment)
 
 
 def parse_args(argv=None):
@@ -55,6 +55,8 @@ def parse_args(argv=None):
     p.add_argument("--g-ch", type=int, help="generator width (default: the paper's; small values for smoke tests)")
     p.add_argument("--d-ch", type=int, help="discriminator width (default: the paper's)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sn-mode", choices=SN_MODES, default="matrix",
+                   help="D's spectral norm: matrix (the paper's) or operator (the convolution's operator norm)")
     p.add_argument("--json-only", action="store_true", help="print only the JSON line")
     p.add_argument("--probe-memory", choices=SIDES, help=argparse.SUPPRESS)  # internal: one memory probe
     args = p.parse_args(argv)

@@ -39,24 +39,31 @@ def cnn_generator(z_dim=128, ch=512, bottom=4, rng=None):
     )
 
 
-def cnn_discriminator(ch=64, sn=True, slope=0.1, image_size=32, rng=None):
+def cnn_discriminator(ch=64, sn=True, slope=0.1, image_size=32, rng=None, sn_mode="matrix"):
     """D: images (N, 3, 32, 32) (NCHW) -> logits (N, 1). Every layer spectral-normalized when ``sn``.
 
     conv 3x3 s1 64 -> 4x4 s2 64 -> 3x3 s1 128 -> 4x4 s2 128 -> 3x3 s1 256 -> 4x4 s2 256 -> 3x3 s1 512,
     LeakyReLU(0.1) after each -> dense -> 1.
+
+    ``sn_mode`` is :class:`SpectralNorm`'s ``mode``; each convolution gets its input shape (from
+    ``image_size``), so operator-mode vectors exist from construction (and checkpoints load before any forward).
+    The initial weights are the same in both modes.
     """
     rng = rng or init.default_rng()
 
-    def wrap(layer):
+    def wrap(layer, input_shape=None):
         layer = init_normal(layer, rng)
-        return SpectralNorm(layer, rng=rng) if sn else layer
+        return SpectralNorm(layer, rng=rng, mode=sn_mode, input_shape=input_shape) if sn else layer
 
     c = [ch, ch * 2, ch * 4, ch * 8]
     layers = [ToChannelsLast()]
     spec = [(3, c[0], 3, 1), (c[0], c[0], 4, 2), (c[0], c[1], 3, 1), (c[1], c[1], 4, 2),
             (c[1], c[2], 3, 1), (c[2], c[2], 4, 2), (c[2], c[3], 3, 1)]
+    size = image_size
     for cin, cout, k, s in spec:
-        layers += [wrap(Conv2d(cin, cout, k, s, 1, rng=rng)), LeakyReLU(slope)]
+        layers += [wrap(Conv2d(cin, cout, k, s, 1, rng=rng), (1, size, size, cin)), LeakyReLU(slope)]
+        # Ho = floor((H + 2p - k) / s) + 1 with p = 1
+        size = (size + 2 - k) // s + 1
     bottom = image_size // 8
     layers += [Flatten(), wrap(Linear(bottom * bottom * c[3], 1, rng=rng))]
     return Sequential(*layers)

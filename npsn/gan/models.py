@@ -3,18 +3,21 @@ import numpy as np
 
 from npsn.gan.cnn import cnn_discriminator, cnn_generator
 from npsn.gan.resnet import resnet_discriminator, resnet_generator
+from npsn.nn.spectral_norm import SN_MODES
 
 MODELS = ("cnn", "resnet")
 DEFAULT_WIDTHS = {"cnn": (512, 64), "resnet": (256, 128)}  # (G ch, D ch) of the paper
 
 
-def build_gan(name, z_dim=128, g_ch=None, d_ch=None, sn=True, seed=0):
+def build_gan(name, z_dim=128, g_ch=None, d_ch=None, sn=True, seed=0, sn_mode="matrix"):
     """Build the paper's generator and discriminator on the host, float32.
 
     Args:
         name: "cnn" (Table 3) or "resnet" (Table 4).
         g_ch, d_ch: base widths (default: the paper's); smaller values make quick test models.
         sn: spectral-normalize every discriminator layer (``False`` for comparisons).
+        sn_mode: what sigma measures for D's convolutions, one of ``SN_MODES``: "matrix" (the paper's
+            reshaped kernel) or "operator" (the convolution as a map on images; see SpectralNorm).
         seed: seeds the initial weights (and SN's u, v): the same seed gives the same models.
     Returns:
         (G, D): G maps z (N, z_dim) to NCHW images in [-1, 1]; D maps NCHW images to logits (N, 1).
@@ -34,10 +37,12 @@ def build_gan(name, z_dim=128, g_ch=None, d_ch=None, sn=True, seed=0):
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}: choose one of {', '.join(MODELS)}")
+    if sn_mode not in SN_MODES:
+        raise ValueError(f"unknown sn_mode {sn_mode!r}: choose one of {', '.join(SN_MODES)}")
     g_default, d_default = DEFAULT_WIDTHS[name]
     g_ch, d_ch = g_ch or g_default, d_ch or d_default
     rng_g, rng_d = (np.random.default_rng([seed, i]) for i in (0, 1))
     if name == "cnn":
-        return cnn_generator(z_dim, g_ch, rng=rng_g), cnn_discriminator(d_ch, sn=sn, rng=rng_d)
-    return resnet_generator(z_dim, g_ch, rng=rng_g), resnet_discriminator(d_ch, sn=sn, rng=rng_d)
+        return cnn_generator(z_dim, g_ch, rng=rng_g), cnn_discriminator(d_ch, sn=sn, rng=rng_d, sn_mode=sn_mode)
+    return resnet_generator(z_dim, g_ch, rng=rng_g), resnet_discriminator(d_ch, sn=sn, rng=rng_d, sn_mode=sn_mode)
 

@@ -30,11 +30,16 @@ def init_glorot(layer, rng, gain=1.0):
     return layer
 
 
-def _maker(rng, sn):
-    def make(layer, gain=1.0):
+def _maker(rng, sn, sn_mode="matrix"):
+    def make(layer, gain=1.0, input_shape=None):
         layer = init_glorot(layer, rng, gain)
-        return SpectralNorm(layer, rng=rng) if sn else layer
+        return SpectralNorm(layer, rng=rng, mode=sn_mode, input_shape=input_shape) if sn else layer
     return make
+
+
+def _shape(size, channels):
+    """A layer's channels-last input shape for SpectralNorm's operator mode, or None when ``size`` is unknown."""
+    return None if size is None else (1, size, size, channels)
 
 
 def generator_block(cin, cout, rng, sn=False):
@@ -50,25 +55,33 @@ def generator_block(cin, cout, rng, sn=False):
     return Residual(residual, shortcut)
 
 
-def discriminator_block(cin, cout, rng, sn=True, downsample=False):
-    """x -> ReLU, conv3x3, ReLU, conv3x3, [avgpool2];  shortcut: conv1x1, [avgpool2] if it changes shape, else identity."""
-    make = _maker(rng, sn)
-    layers = [ReLU(), make(Conv2d(cin, cout, 3, 1, 1, rng=rng), math.sqrt(2)),
-              ReLU(), make(Conv2d(cout, cout, 3, 1, 1, rng=rng), math.sqrt(2))]
+def discriminator_block(cin, cout, rng, sn=True, downsample=False, sn_mode="matrix", size=None):
+    """x -> ReLU, conv3x3, ReLU, conv3x3, [avgpool2];  shortcut: conv1x1, [avgpool2] if it changes shape, else identity.
+
+    ``sn_mode``: SpectralNorm's mode; ``size``: the input's height = width, if known (operator mode's input shapes).
+    """
+    make = _maker(rng, sn, sn_mode)
+    layers = [ReLU(), make(Conv2d(cin, cout, 3, 1, 1, rng=rng), math.sqrt(2), _shape(size, cin)),
+              ReLU(), make(Conv2d(cout, cout, 3, 1, 1, rng=rng), math.sqrt(2), _shape(size, cout))]
     if downsample:
         layers.append(AvgPool2d(2))
     shortcut = None
     if downsample or cin != cout:
-        shortcut = Sequential(make(Conv2d(cin, cout, 1, rng=rng)), *([AvgPool2d(2)] if downsample else []))
+        shortcut = Sequential(make(Conv2d(cin, cout, 1, rng=rng), 1.0, _shape(size, cin)),
+                              *([AvgPool2d(2)] if downsample else []))
     return Residual(Sequential(*layers), shortcut)
 
 
-def optimized_discriminator_block(cin, cout, rng, sn=True):
-    """The first D block (no ReLU before the first conv): conv3x3, ReLU, conv3x3, avgpool2; shortcut: avgpool2, conv1x1."""
-    make = _maker(rng, sn)
-    residual = Sequential(make(Conv2d(cin, cout, 3, 1, 1, rng=rng), math.sqrt(2)), ReLU(),
-                          make(Conv2d(cout, cout, 3, 1, 1, rng=rng), math.sqrt(2)), AvgPool2d(2))
-    shortcut = Sequential(AvgPool2d(2), make(Conv2d(cin, cout, 1, rng=rng)))
+def optimized_discriminator_block(cin, cout, rng, sn=True, sn_mode="matrix", size=None):
+    """The first D block (no ReLU before the first conv): conv3x3, ReLU, conv3x3, avgpool2; shortcut: avgpool2, conv1x1.
+
+    ``sn_mode`` and ``size`` as for :func:`discriminator_block`.
+    """
+    make = _maker(rng, sn, sn_mode)
+    residual = Sequential(make(Conv2d(cin, cout, 3, 1, 1, rng=rng), math.sqrt(2), _shape(size, cin)), ReLU(),
+                          make(Conv2d(cout, cout, 3, 1, 1, rng=rng), math.sqrt(2), _shape(size, cout)), AvgPool2d(2))
+    half = None if size is None else size // 2
+    shortcut = Sequential(AvgPool2d(2), make(Conv2d(cin, cout, 1, rng=rng), 1.0, _shape(half, cin)))
     return Residual(residual, shortcut)
 
 
@@ -90,20 +103,21 @@ def resnet_generator(z_dim=128, ch=256, bottom=4, rng=None):
     )
 
 
-def resnet_discriminator(ch=128, sn=True, rng=None):
+def resnet_discriminator(ch=128, sn=True, rng=None, sn_mode="matrix"):
     """D: images (N, 3, 32, 32) (NCHW) -> logits (N, 1).
 
     optimized down-block (32 -> 16), down-block (16 -> 8), two plain blocks, ReLU, global sum pooling,
-    dense -> 1; every convolution and the dense layer spectral-normalized when ``sn``.
+    dense -> 1; every convolution and the dense layer spectral-normalized when ``sn`` (``sn_mode``:
+    SpectralNorm's mode; each convolution gets its input shape).
     """
     rng = rng or init.default_rng()
-    make = _maker(rng, sn)
+    make = _maker(rng, sn, sn_mode)
     return Sequential(
         ToChannelsLast(),
-        optimized_discriminator_block(3, ch, rng, sn),
-        discriminator_block(ch, ch, rng, sn, downsample=True),
-        discriminator_block(ch, ch, rng, sn),
-        discriminator_block(ch, ch, rng, sn),
+        optimized_discriminator_block(3, ch, rng, sn, sn_mode, size=32),
+        discriminator_block(ch, ch, rng, sn, downsample=True, sn_mode=sn_mode, size=16),
+        discriminator_block(ch, ch, rng, sn, sn_mode=sn_mode, size=8),
+        discriminator_block(ch, ch, rng, sn, sn_mode=sn_mode, size=8),
         ReLU(),
         GlobalSumPool2d(),
         make(Linear(ch, 1, rng=rng)),

@@ -117,6 +117,53 @@ class _ConvBase(WeightLayer):
         self.weight = Parameter(weight)
         self.bias = Parameter(init.uniform((out_channels,), bound, rng)) if bias else None
 
+    # The explicit-weight core, written once for both convolutions through the bias-free, cache-free pair
+    # linear_with / linear_backward_with that each subclass defines (SpectralNorm's operator mode calls that
+    # pair directly, on its own image-shaped vectors, without touching this layer's cache).
+    def forward_with(self, x, weight):
+        """y = A_W x + b: the bias-free map of :meth:`linear_with` with ``weight`` (shaped as ``self.weight``), plus this layer's b.
+
+        Caches what :meth:`backward_with` needs (one forward, one backward).
+        """
+        y, saved = self.linear_with(x, weight)
+        self.save_for_backward(saved=saved, input_hw=tuple(x.shape[1:3]), weight=weight)
+        return self._add_bias(y)
+
+    def backward_with(self, grad_out):
+        """``(dL/dx, dL/dweight)`` for the weight of the last :meth:`forward_with`; adds dL/db into ``bias.grad``.
+
+        dL/dx is None when ``needs_input_grad`` is False, dL/dweight when ``weight.requires_grad`` is.
+        """
+        saved = self.saved()
+        grad_in, grad_weight = self.linear_backward_with(grad_out, saved.weight, saved.input_hw, saved.saved,
+                                                         input_grad=self.needs_input_grad,
+                                                         weight_grad=self.weight.requires_grad)
+        self._accumulate_bias_grad(grad_out)
+        return grad_in, grad_weight
+
+    def linear_with(self, x, weight):
+        """``(A_W x, saved)``: the bias-free linear map with ``weight``; writes no cache (a pure function of its arguments).
+
+        ``saved`` is what :meth:`linear_backward_with` needs for the weight gradient.
+        """
+        raise NotImplementedError
+
+    def linear_backward_with(self, grad_out, weight, input_hw, saved=None, input_grad=True, weight_grad=True):
+        r"""``(A_W^T G or None, dL/dweight or None)`` for L = <G, A_W x>; pure, like :meth:`linear_with`.
+
+        Args:
+            grad_out: G, shaped as A_W x.
+            weight: the W of the map.
+            input_hw: x's (H, W) (a strided convolution's adjoint needs it: the output size rounds down).
+            saved: the second value of ``linear_with(x, weight)``; needed only for the weight gradient
+                (the adjoint A_W^T G does not depend on x).
+            input_grad, weight_grad: which of the two to compute.
+
+        A_W^T G is the adjoint map (the input gradient), d<G, A_W x>/dW the weight-gradient routine for input x
+        and upstream gradient G (the map is bilinear in (x, W)).
+        """
+        raise NotImplementedError
+
     def _add_bias(self, y):
         if self.bias is not None:
             # y = (x * W) + b, in place
@@ -185,36 +232,23 @@ class Conv2d(_ConvBase):
         """True when this convolution is computed as the flipped transposed convolution (stride 1, O < C)."""
         return self.stride == 1 and self.out_channels < self.in_channels
 
-    def forward_with(self, x, weight):
-        """Y = X W_mat + b with W_mat from ``weight`` (shaped as ``self.weight``) and this layer's b."""
+    def linear_with(self, x, weight):
+        """``(A_W x, saved)``: Y = X W_mat without bias, and no cache (see :meth:`_ConvBase.linear_with`)."""
         if self.scatter:
             # the same map as the transposed convolution of the flipped kernel
             flipped_padding = self.kernel_size - 1 - self.padding
-            y, x_mat = scatter_forward(x, _flip(weight), 1, flipped_padding)
-            self.save_for_backward(x_mat=x_mat, weight=weight)
-        else:
-            # Y = im2col(x) W_mat
-            y, cols = gather_forward(x, weight, self.stride, self.padding)
-            self.save_for_backward(cols=cols, input_hw=x.shape[1:3], weight=weight)
-        return self._add_bias(y)
+            return scatter_forward(x, _flip(weight), 1, flipped_padding)
+        # Y = im2col(x) W_mat
+        return gather_forward(x, weight, self.stride, self.padding)
 
-    def backward_with(self, grad_out):
-        """``(dL/dx, dL/dweight)`` for the weight of the last :meth:`forward_with`; adds dL/db into ``bias.grad``.
-
-        dL/dx is None when ``needs_input_grad`` is False, dL/dweight when ``weight.requires_grad`` is.
-        """
-        saved = self.saved()
-        need = self.weight.requires_grad
+    def linear_backward_with(self, grad_out, weight, input_hw, saved=None, input_grad=True, weight_grad=True):
+        """``(col2im(G W_mat^T) or None, X^T G folded to (O, C, k, k) or None)`` (see :meth:`_ConvBase.linear_backward_with`)."""
         if self.scatter:
             flipped_padding = self.kernel_size - 1 - self.padding
-            grad_in, grad_flipped = scatter_backward(grad_out, saved.x_mat, _flip(saved.weight), 1,
-                                                     flipped_padding, need, self.needs_input_grad)
-            grad_weight = None if grad_flipped is None else _flip(grad_flipped)
-        else:
-            grad_in, grad_weight = gather_backward(grad_out, saved.cols, saved.weight, saved.input_hw,
-                                                   self.stride, self.padding, need, self.needs_input_grad)
-        self._accumulate_bias_grad(grad_out)
-        return grad_in, grad_weight
+            grad_in, grad_flipped = scatter_backward(grad_out, saved, _flip(weight), 1, flipped_padding,
+                                                     weight_grad, input_grad)
+            return grad_in, (None if grad_flipped is None else _flip(grad_flipped))
+        return gather_backward(grad_out, saved, weight, input_hw, self.stride, self.padding, weight_grad, input_grad)
 
 
 class ConvTranspose2d(_ConvBase):
@@ -250,19 +284,10 @@ class ConvTranspose2d(_ConvBase):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, bias,
                          (in_channels, out_channels, kernel_size, kernel_size), rng)
 
-    def forward_with(self, x, weight):
-        """y = col2im(X W_mat^T) + b with W_mat from ``weight`` (shaped as ``self.weight``) and this layer's b."""
-        y, x_mat = scatter_forward(x, weight, self.stride, self.padding)
-        self.save_for_backward(x_mat=x_mat, weight=weight)
-        return self._add_bias(y)
+    def linear_with(self, x, weight):
+        """``(A_W x, saved)``: y = col2im(X W_mat^T) without bias, and no cache (see :meth:`_ConvBase.linear_with`)."""
+        return scatter_forward(x, weight, self.stride, self.padding)
 
-    def backward_with(self, grad_out):
-        """``(dL/dx, dL/dweight)`` for the weight of the last :meth:`forward_with`; adds dL/db into ``bias.grad``.
-
-        dL/dx is None when ``needs_input_grad`` is False, dL/dweight when ``weight.requires_grad`` is.
-        """
-        saved = self.saved()
-        grad_in, grad_weight = scatter_backward(grad_out, saved.x_mat, saved.weight, self.stride, self.padding,
-                                                self.weight.requires_grad, self.needs_input_grad)
-        self._accumulate_bias_grad(grad_out)
-        return grad_in, grad_weight
+    def linear_backward_with(self, grad_out, weight, input_hw, saved=None, input_grad=True, weight_grad=True):
+        """``(Gc W_mat or None, Gc^T X folded to (C, O, k, k) or None)`` (see :meth:`_ConvBase.linear_backward_with`)."""
+        return scatter_backward(grad_out, saved, weight, self.stride, self.padding, weight_grad, input_grad)

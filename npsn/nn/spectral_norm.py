@@ -2,10 +2,15 @@
 
 A layer's weight W is replaced by W_SN = W / sigma(W), where sigma(W) is W's largest singular
 value, estimated by one step of power iteration per training forward (the paper's Algorithm 1).
+
+Two modes (:data:`SN_MODES`) say what sigma measures for a convolution: ``"matrix"`` (the paper's,
+the default) takes the weight reshaped to an (out, in k k) matrix; ``"operator"`` takes the
+convolution itself as a linear map on the layer's input images, whose norm is what bounds the
+layer's Lipschitz constant. For a Linear layer the two are the same number and the same code.
 """
 import numpy as np
 
-from npsn.backend import get_array_module, to_numpy
+from npsn.backend import device_of, get_array_module, to_device, to_numpy
 from npsn.nn import init
 from npsn.nn.module import Module, Parameter, input_grad
 
@@ -78,6 +83,9 @@ class SpectralNorm(Module):
         n_power_iterations: power-iteration steps per training forward (the paper uses 1).
         eps: floor for norms and for sigma, so that a zero weight gives no NaN.
         dim: the weight axis that forms the matrix rows (default: 1 for ConvTranspose2d, else 0).
+        mode: one of :data:`SN_MODES`: ``"matrix"`` (the paper's, default) or ``"operator"``.
+        input_shape: operator mode only (ignored otherwise): the layer's channels-last input shape
+            (N, H, W, C), N ignored; None: learned at the first forward.
 
     **Forward** (the paper's Algorithm 1). u, v start as normalized Gaussian vectors, refined by
     15 steps on the initial W. In training mode each forward first runs ``n_power_iterations`` of
@@ -101,10 +109,69 @@ class SpectralNorm(Module):
     If sigma < eps (e.g. a zero weight) sigma is clamped to eps, and as a constant it has no
     gradient: dL/dW = G / eps.
 
+    **Operator mode** (``mode="operator"``, for Conv2d and ConvTranspose2d). Let A_W be the layer's
+    bias-free linear map x -> conv(x; W) on one image of the layer's input shape (channels-last
+    (1, H, W, C): the map on a batch is block-diagonal with identical blocks, so the batch size
+    does not change its norm). sigma is then ||A_W||_op = max ||A_W x|| / ||x||, the number that
+    bounds the layer's Lipschitz constant, instead of sigma_max of the reshaped kernel (which can be
+    smaller or larger: see :mod:`npsn.eval.spectral`). The power iteration is the same algorithm on
+    the operator: ``weight_u`` (1, Ho, Wo, O) and ``weight_v`` (1, H, W, C) are unit *images*, and
+    each training forward runs ``n_power_iterations`` of
+
+    .. math:: v \leftarrow \frac{A_W^T u}{\|A_W^T u\|}, \qquad u \leftarrow \frac{A_W v}{\|A_W v\|},
+              \qquad \sigma = \langle u, A_W v\rangle .
+
+    A_W is the layer's own bias-free core :meth:`linear_with(v, W) <npsn.nn.conv._ConvBase.linear_with>`
+    and A_W^T u its input gradient :meth:`linear_backward_with(u, W, ...)
+    <npsn.nn.conv._ConvBase.linear_backward_with>` (for Conv2d the transposed convolution, and
+    conversely). These two are pure functions of their arguments: calling the layer's
+    ``forward_with``/``backward_with`` instead would overwrite the cache that the training pass
+    keeps between its forward and its backward (and would add the bias). The cost per training
+    forward is one forward and one adjoint on a single image, plus one weight gradient in backward.
+
+    *When the vectors are made.* The input shape fixes the buffers' shapes, so u, v are drawn
+    (normalized Gaussians) and refined by 15 warm-up steps when it becomes known: at construction
+    if ``input_shape`` is given, else at the first forward. A forward whose input has another
+    (H, W, C) (the batch size does not count) re-initializes them the same way, in training and in
+    eval mode (the old vectors do not fit the new operator); eval mode is deterministic for a fixed
+    input shape. Until the shape is known the two buffers are empty (0,) arrays, so a
+    ``state_dict`` saved from a shaped layer loads only into a layer built with the same
+    ``input_shape`` (or after a forward on it); the model builders of :mod:`npsn.gan` pass it.
+    The start vectors come from a private generator seeded with the bits of the matrix mode's two
+    start vectors, which are drawn from ``rng`` exactly as in matrix mode: layers built after this
+    one from the same generator get the same initial weights in both modes.
+
+    *Backward.* With u, v constant, sigma(W) = <u, A_W v> is linear in W (a convolution is bilinear
+    in input and weight), and its gradient is the convolution's weight gradient for input v and
+    upstream gradient u, the layer's own weight-gradient routine:
+    ``d sigma / dW = linear_backward_with(u, W, (H, W), saved_v, input_grad=False)[1]``
+    (in matrix mode this is u v^T). The derivation above goes through unchanged with d sigma / dW
+    in place of u v^T:
+
+    .. math::
+        \frac{\partial L}{\partial W} = \frac{1}{\sigma}\Big(G - \langle G, W_{SN}\rangle\,
+        \frac{\partial \sigma}{\partial W}\Big),
+
+    and <dL/dW, W> = 0 still holds, since sigma is homogeneous of degree 1 in W (Euler:
+    <d sigma/dW, W> = sigma). When u, v are the top singular pair of A_W (converged, top singular
+    value simple), d<u, A_W v>/dW is the derivative of sigma_max(A_W) itself, so the gradient is the
+    true gradient of L(W / ||A_W||_op). Written once for both convolutions (``_ConvBase``'s pair);
+    a Conv2d computed as the flipped scatter (stride 1, O < C) measures the same map.
+
+    *Invariant between calls* (operator mode): the wrapped layer's ``weight`` is ``weight_orig`` (W);
+    ``weight_u``, ``weight_v`` are unit images of the output and input shape of the last known
+    input shape; after a forward, ``sigma`` is the <u, A_W v> it divided by, with the u, v stored then.
+
+    For a Linear layer the operator *is* the matrix, so ``mode="operator"`` on a Linear is the
+    matrix mode: the same buffers, the same arithmetic, bit for bit.
+
     Parameters and buffers use ``torch.nn.utils.spectral_norm``'s names: ``weight_orig`` (W),
     the wrapped layer's other parameters (``bias``), ``weight_u``, ``weight_v``; so a
     spectral-normalized PyTorch layer's ``state_dict`` loads as is. The wrapped layer is held
-    outside the module tree, so names have no ``module.`` prefix.
+    outside the module tree, so names have no ``module.`` prefix. In operator mode the names are
+    the same but ``weight_u`` (1, Ho, Wo, O) and ``weight_v`` (1, H, W, C) are images: PyTorch has
+    no equivalent (its spectral norm is the matrix mode only), and a matrix-mode ``state_dict``
+    does not load into an operator-mode convolution (the shapes differ: ``ValueError``).
 
     >>> import numpy as np, npsn
     >>> rng = np.random.default_rng(0)
@@ -119,14 +186,36 @@ class SpectralNorm(Module):
     (0.877, 0.877)
     >>> sn.module.weight is sn.weight_orig  # the layer keeps W itself
     True
+
+    Operator mode on the same layer: sigma is the norm of the convolution on 5 x 5 x 3 images.
+
+    >>> op = npsn.SpectralNorm(npsn.Conv2d(3, 8, kernel_size=3, padding=1, rng=rng), rng=rng,
+    ...                        mode="operator", input_shape=(2, 5, 5, 3))
+    >>> op.weight_u.shape, op.weight_v.shape  # unit images: output (1, Ho, Wo, O) and input (1, H, W, C)
+    ((1, 5, 5, 8), (1, 5, 5, 3))
+    >>> for _ in range(50):
+    ...     _ = op(rng.standard_normal((2, 5, 5, 3)).astype(np.float32))
+    >>> from npsn.eval.spectral import operator_norm
+    >>> round(operator_norm(op, (1, 5, 5, 3)), 3)  # the normalized layer is 1-Lipschitz on its input shape
+    1.0
     """
 
-    def __init__(self, layer, n_power_iterations=1, eps=1e-12, dim=None, rng=None):
+    def __init__(self, layer, n_power_iterations=1, eps=1e-12, dim=None, rng=None, mode="matrix", input_shape=None):
         super().__init__()
         if not isinstance(getattr(layer, "weight", None), Parameter):
             raise TypeError(f"SpectralNorm needs a layer with a `weight` Parameter, got {type(layer).__name__}")
         if n_power_iterations < 1:
             raise ValueError("n_power_iterations must be >= 1")
+        if mode not in SN_MODES:
+            raise ValueError(f"unknown spectral-norm mode {mode!r}: choose one of {', '.join(SN_MODES)}")
+        from npsn.nn.linear import Linear
+
+        # A Linear's operator is its matrix: operator mode there is the matrix mode itself.
+        operator = mode == "operator" and not isinstance(layer, Linear)
+        if operator and not hasattr(layer, "linear_with"):
+            raise TypeError(f"SpectralNorm(mode='operator') needs a layer with the bias-free pair linear_with / "
+                            f"linear_backward_with (Conv2d, ConvTranspose2d) or a Linear, got {type(layer).__name__}")
+        self.mode, self.operator = mode, operator
         # Not a child module: its parameters are registered here under PyTorch's names (weight_orig,
         # bias), so the layer is put in __dict__ directly, bypassing Module.__setattr__'s registration.
         self.__dict__["module"] = layer
@@ -141,10 +230,20 @@ class SpectralNorm(Module):
         # u, v ~ normalize(N(0, I)), as PyTorch initializes them
         u = rng.standard_normal(h)
         v = rng.standard_normal(w)
-        self.register_buffer("weight_u", (u / max(np.linalg.norm(u), eps)).astype(layer.weight.data.dtype))
-        self.register_buffer("weight_v", (v / max(np.linalg.norm(v), eps)).astype(layer.weight.data.dtype))
         self._sigma = None
         self.last_input_shape = None  # for diagnostics (operator norms depend on the input shape)
+        if operator:
+            # u, v above were drawn as in matrix mode (so rng's stream, and every later layer built from it,
+            # is the same in both modes); their bits seed the generator of the image-shaped vectors.
+            self._operator_rng = np.random.default_rng(np.concatenate([u, v]).view(np.uint32))
+            self.input_shape = None
+            self.register_buffer("weight_u", np.zeros((0,), layer.weight.data.dtype))
+            self.register_buffer("weight_v", np.zeros((0,), layer.weight.data.dtype))
+            if input_shape is not None:
+                self._reset_operator_vectors(input_shape)
+            return
+        self.register_buffer("weight_u", (u / max(np.linalg.norm(u), eps)).astype(layer.weight.data.dtype))
+        self.register_buffer("weight_v", (v / max(np.linalg.norm(v), eps)).astype(layer.weight.data.dtype))
         # A few steps at construction (as torch.nn.utils.parametrizations.spectral_norm does) make
         # sigma = u^T W v > 0 from the start, so even an untrained layer in eval mode is well defined.
         self.power_iteration(INIT_POWER_ITERATIONS)
@@ -153,8 +252,12 @@ class SpectralNorm(Module):
     def power_iteration(self, n_iterations=None):
         """Run power-iteration steps from the stored u, v, store the new u, v and return them.
 
-        v <- W^T u / ||W^T u||,  u <- W v / ||W v||  (Algorithm 1 of the paper).
+        v <- W^T u / ||W^T u||,  u <- W v / ||W v||  (Algorithm 1 of the paper); in operator mode the same
+        steps with A_W and its adjoint on the image-shaped u, v (:meth:`_operator_power_iteration`).
         """
+        if self.operator:
+            u, v, _, _ = self._operator_power_iteration(self.n_power_iterations if n_iterations is None else n_iterations)
+            return u, v
         W = reshape_weight_to_matrix(self.weight_orig.data, self.dim)
         u, v = self.weight_u, self.weight_v
         for _ in range(self.n_power_iterations if n_iterations is None else n_iterations):
@@ -165,23 +268,78 @@ class SpectralNorm(Module):
         self.weight_u, self.weight_v = u, v
         return u, v
 
+    def _reset_operator_vectors(self, input_shape):
+        """Operator mode: new u, v for inputs of ``input_shape`` (N, H, W, C): normalized Gaussians, then 15 warm-up steps."""
+        shape = (1,) + tuple(int(d) for d in input_shape[1:])
+        if len(shape) != 4 or shape[3] != self.module.in_channels:
+            raise ValueError(f"SpectralNorm(mode='operator'): input shape {tuple(input_shape)} is not channels-last "
+                             f"(N, H, W, {self.module.in_channels}) for {self.module!r}")
+        W = self.weight_orig.data
+        device, dtype = device_of(W), W.dtype
+        v = to_device(self._operator_rng.standard_normal(shape), device, dtype)
+        out_shape = self.module.linear_with(v, W)[0].shape
+        u = to_device(self._operator_rng.standard_normal(out_shape), device, dtype)
+        self.input_shape = shape
+        self.weight_u, self.weight_v = _normalize(u, self.eps), _normalize(v, self.eps)
+        self.power_iteration(INIT_POWER_ITERATIONS)
+
+    def _operator_power_iteration(self, n_iterations):
+        """Operator mode: ``n_iterations`` steps from the stored u, v; stores them and returns (u, v, A_W v, saved_v).
+
+        A_W v and saved_v (what the weight gradient at input v needs) are those of the last step, or None
+        for 0 steps. Nothing of the wrapped layer's cache is touched: the core pair is pure.
+        """
+        if self.input_shape is None:
+            raise RuntimeError("SpectralNorm(mode='operator'): the input shape is not known yet; "
+                               "pass input_shape= or run a forward first")
+        W, input_hw = self.weight_orig.data, self.input_shape[1:3]
+        u, v, Av, saved_v = self.weight_u, self.weight_v, None, None
+        for _ in range(n_iterations):
+            # v = A_W^T u / ||A_W^T u||   (the adjoint: the layer's input gradient for upstream gradient u)
+            v = _normalize(self.module.linear_backward_with(u, W, input_hw, input_grad=True, weight_grad=False)[0],
+                           self.eps)
+            # u = A_W v / ||A_W v||
+            Av, saved_v = self.module.linear_with(v, W)
+            u = _normalize(Av, self.eps)
+        self.weight_u, self.weight_v = u, v
+        return u, v, Av, saved_v
+
+    def _operator_sigma(self, n_iterations):
+        """Operator mode: run ``n_iterations`` steps (0: none), then ``(sigma, u, v, saved_v)`` with sigma = <u, A_W v>."""
+        u, v, Av, saved_v = self._operator_power_iteration(n_iterations)
+        if Av is None:
+            Av, saved_v = self.module.linear_with(v, self.weight_orig.data)
+        xp = get_array_module(Av)
+        # sigma = <u, A_W v>
+        return xp.sum(u * Av), u, v, saved_v
+
     @property
     def sigma(self):
         """The sigma of the last forward (a 0-d array on the weight's device), or u^T W v from the stored u, v."""
         if self._sigma is not None:
             return self._sigma
+        if self.operator:
+            return self._operator_sigma(0)[0]
         W = reshape_weight_to_matrix(self.weight_orig.data, self.dim)
         return self.weight_u @ (W @ self.weight_v)
 
     def normalized_weight(self):
-        """``(W_SN, sigma)``: sigma = u^T W v with the stored u, v, and W_SN = W / max(sigma, eps) in W's own shape."""
+        """``(W_SN, sigma)``: sigma = u^T W v with the stored u, v, and W_SN = W / max(sigma, eps) in W's own shape.
+
+        In operator mode sigma = <u, A_W v> with the stored image-shaped u, v.
+        """
         xp = get_array_module(self.weight_orig.data)
+        if self.operator:
+            sigma = self._operator_sigma(0)[0]
+            return self.weight_orig.data / xp.maximum(sigma, self.eps), sigma
         W = reshape_weight_to_matrix(self.weight_orig.data, self.dim)
         sigma = self.weight_u @ (W @ self.weight_v)
         return self.weight_orig.data / xp.maximum(sigma, self.eps), sigma
 
     # ------------------------------------------------------------------ forward / backward
     def forward(self, x):
+        if self.operator:
+            return self._operator_forward(x)
         if self.training:
             self.power_iteration()
         # sigma = u^T W v ;  W_SN = W / sigma
@@ -191,11 +349,39 @@ class SpectralNorm(Module):
         self.save_for_backward(u=self.weight_u, v=self.weight_v, sigma=sigma, W_sn=W_sn)
         return self.module.forward_with(x, W_sn)
 
+    def _operator_forward(self, x):
+        shape = (1,) + tuple(x.shape[1:])
+        if shape != self.input_shape:  # first forward, or a new input shape: new u, v (and warm-up)
+            self._reset_operator_vectors(x.shape)
+        # one step in training; sigma = <u, A_W v> ;  W_SN = W / sigma
+        sigma, u, v, saved_v = self._operator_sigma(self.n_power_iterations if self.training else 0)
+        xp = get_array_module(sigma)
+        W_sn = self.weight_orig.data / xp.maximum(sigma, self.eps)
+        self._sigma = sigma
+        self.last_input_shape = tuple(x.shape)
+        self.save_for_backward(u=u, saved_v=saved_v, sigma=sigma, W_sn=W_sn)
+        return self.module.forward_with(x, W_sn)
+
+    def _operator_weight_grad(self, G, saved):
+        """Operator mode: dL/dW = (G - <G, W_SN> d sigma/dW) / sigma, for G = dL/dW_SN (see the class docstring)."""
+        xp = get_array_module(G)
+        sigma = xp.maximum(saved.sigma, self.eps)
+        # a sigma clamped to eps is a constant: then there is no term through sigma
+        through_sigma = (saved.sigma > self.eps).astype(G.dtype)
+        # d sigma/dW = d<u, A_W v>/dW: the layer's weight gradient for input v, upstream gradient u (it does not
+        # depend on the weight passed: the map is linear in W, whose array only gives the shape)
+        _, dsigma_dW = self.module.linear_backward_with(saved.u, saved.W_sn, self.input_shape[1:3], saved.saved_v,
+                                                        input_grad=False, weight_grad=True)
+        # dL/dW = (G - <G, W_SN> d sigma/dW) / sigma
+        return (G - through_sigma * xp.sum(G * saved.W_sn) * dsigma_dW) / sigma
+
     def backward(self, grad_out):
         saved = self.saved()
         with input_grad(self.module, self.needs_input_grad):
             grad_in, grad_w_sn = self.module.backward_with(grad_out)
-        if grad_w_sn is not None:  # None when weight_orig.requires_grad is False
+        if grad_w_sn is not None and self.operator:
+            self.weight_orig.accumulate_grad(self._operator_weight_grad(grad_w_sn, saved))
+        elif grad_w_sn is not None:  # None when weight_orig.requires_grad is False
             xp = get_array_module(grad_w_sn)
             G = reshape_weight_to_matrix(grad_w_sn, self.dim)
             W_sn = reshape_weight_to_matrix(saved.W_sn, self.dim)
@@ -214,12 +400,14 @@ class SpectralNorm(Module):
         return self
 
     def extra_repr(self):
-        return f"{self.module!r}, n_power_iterations={self.n_power_iterations}, dim={self.dim}, eps={self.eps}"
+        text = f"{self.module!r}, n_power_iterations={self.n_power_iterations}, dim={self.dim}, eps={self.eps}"
+        return text + (f", mode='operator', input_shape={self.input_shape}" if self.operator else "")
 
 
-def spectral_norm(layer, n_power_iterations=1, eps=1e-12, dim=None, rng=None):
+def spectral_norm(layer, n_power_iterations=1, eps=1e-12, dim=None, rng=None, mode="matrix", input_shape=None):
     """Wrap ``layer`` in :class:`SpectralNorm` (the functional spelling of ``torch.nn.utils.spectral_norm``)."""
-    return SpectralNorm(layer, n_power_iterations=n_power_iterations, eps=eps, dim=dim, rng=rng)
+    return SpectralNorm(layer, n_power_iterations=n_power_iterations, eps=eps, dim=dim, rng=rng, mode=mode,
+                        input_shape=input_shape)
 
 
 def spectral_layers(model):
