@@ -95,7 +95,8 @@ class Trainer:
         os.makedirs(out_dir, exist_ok=True)
         self.xp = backend.xp_for(config.device)
         c = config
-        self.G, self.D = build_gan(c.model, z_dim=c.z_dim, g_ch=c.g_ch, d_ch=c.d_ch, sn=c.sn, seed=c.seed)
+        self.G, self.D = build_gan(c.model, z_dim=c.z_dim, g_ch=c.g_ch, d_ch=c.d_ch, sn=c.sn, seed=c.seed,
+                                  sn_mode=c.sn_mode)
         self.G.to(c.device)
         self.D.to(c.device)
         self.d_loss, self.g_loss = get_loss(c.loss)
