@@ -5,7 +5,8 @@
 
 Reads RUN_DIR/checkpoint.npz (G, D and the run's configuration), then
 
-* generates --n images from a fixed z (numpy.random.default_rng([seed, 5])) with G in eval mode;
+* checks its options, the run, the data and --out (its folder must exist), then
+* generates --n images (at most the split's size) from a fixed z (numpy.random.default_rng([seed, 5])) with G in eval mode;
 * compares them with --n real images by the Sliced Wasserstein Distance (ProGAN's SWD x 1e3 at
   32x32 and 16x16; lower is better). The real images come from the CIFAR-10 *test* split by
   default (10,000 images never used in training), or with --split train from the training
@@ -69,18 +70,40 @@ def print_table(result):
               f"{row['sigma_normalized_svd']:>12.4f} {row['operator_norm']:>9.4f}")
 
 
+def check_out(path):
+    """An error message when the results cannot be written to ``path``, else None (checked before computing)."""
+    if os.path.isdir(path):
+        return f"--out {path} is a folder; give a file name (e.g. {os.path.join(path, 'eval.json')})"
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        return f"--out {path}: the folder {folder} does not exist; create it or choose another --out"
+    if not os.access(folder, os.W_OK | os.X_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        return f"--out {path}: not writable"
+    return None
+
+
 def main(argv=None):
     args = parse_args(argv)
+    for name in ("n", "power_iterations"):
+        if getattr(args, name) < 1:
+            print(f"error: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
+            return 2
     try:
         find_checkpoint(args.run_dir)
         backend.check_device(args.device)  # before loading any data
         config, G, D, meta = load_run(args.run_dir, args.device)
+        out = args.out or os.path.join(args.run_dir if os.path.isdir(args.run_dir) else os.path.dirname(args.run_dir),
+                                       "eval.json")
+        problem = check_out(out)
+        if problem:
+            raise RunError(problem)
         images, _ = load_cifar10(args.data, args.split)
     except (RunError, backend.DeviceError, CIFAR10Error) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.n < 1:
-        print("error: --n must be at least 1", file=sys.stderr)
+    if args.n > len(images):
+        print(f"error: --n {args.n} is more than the {len(images)} images of the {args.split} split; give --n "
+              f"{len(images)} or less" + (" (or --split train)" if args.split == "test" else ""), file=sys.stderr)
         return 2
     xp = backend.xp_for(args.device)
     real_uint8 = xp.asarray(real_subset(images, args.n, args.seed))
@@ -95,8 +118,6 @@ def main(argv=None):
               "seed": args.seed}
     result.update(diagnose(D, real_uint8, fake, swd_seed=args.seed, power_iterations=args.power_iterations))
     print_table(result)
-    out = args.out or os.path.join(args.run_dir if os.path.isdir(args.run_dir) else os.path.dirname(args.run_dir),
-                                   "eval.json")
     with open(out, "w") as f:
         json.dump(result, f, indent=2)
     print(f"wrote {out}")

@@ -16,7 +16,6 @@ Needs matplotlib, an optional extra: ``pip install npsn[plot]``.
 import preamble  # noqa: F401  (before NumPy: see scripts/preamble.py)
 
 import argparse
-import json
 import os
 import sys
 
@@ -30,8 +29,13 @@ def parse_args(argv=None):
 
 
 def read_log(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The log's records; a torn last line (a crash in mid-write) is left out with a notice."""
+    from npsn.gan.rundir import read_log as read_run_log
+
+    _, records, torn = read_run_log(path)
+    if torn:
+        print(f"note: {path}: left out a torn last line (written in part by a crash)", file=sys.stderr)
+    return records
 
 
 def series(records, key):
@@ -123,7 +127,13 @@ def main(argv=None):
     except ImportError:
         print(f"error: {INSTALL_HINT}", file=sys.stderr)
         return 2
-    records = read_log(log_path)
+    from npsn.gan.rundir import RunDirError
+
+    try:
+        records = read_log(log_path)
+    except RunDirError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if not records:
         print(f"error: {log_path} is empty", file=sys.stderr)
         return 2

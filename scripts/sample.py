@@ -4,7 +4,8 @@
     python scripts/sample.py runs/cnn-20261123-120000/checkpoint.npz --n 10000 --out samples.npz --device gpu
 
 G runs in eval mode (BatchNorm's running statistics) on z ~ N(0, I) drawn from
-numpy.random.default_rng(seed), generated in chunks of 250. Output by extension:
+numpy.random.default_rng(seed), generated in chunks of 250 (with a progress line when there are
+more than 1,000). Missing folders of --out are created. Output by extension:
 
 * ``.png``: one grid, --nrow images per row (default: ceil(sqrt(n)), 8 for 64 images);
 * ``.npz``: key ``images``, uint8 (n, 3, 32, 32) NCHW, the pixels of npsn.data.pixels.unit_to_pixels
@@ -14,14 +15,19 @@ import preamble  # noqa: F401  (before NumPy: see scripts/preamble.py)
 
 import argparse
 import math
+import os
 import sys
+import time
 
 import numpy as np
 
 from npsn import backend
 from npsn.data.pixels import unit_to_pixels
-from npsn.eval.evaluation import RunError, generate, load_run
+from npsn.eval.evaluation import GENERATION_CHUNK, RunError, generate, load_run
 from npsn.utils.images import save_grid
+from npsn.utils.progress import ProgressBar
+
+PROGRESS_ABOVE = 1000  # images: fewer take a few seconds, with no progress line
 
 FORMATS = (".png", ".npz")
 
@@ -46,6 +52,19 @@ def main(argv=None):
     if args.n < 1:
         print("error: --n must be at least 1", file=sys.stderr)
         return 2
+    if args.nrow is not None and args.nrow < 1:
+        print("error: --nrow must be at least 1", file=sys.stderr)
+        return 2
+    folder = os.path.dirname(os.path.abspath(args.out))
+    if os.path.isdir(args.out):
+        print(f"error: --out {args.out} is a folder; give a file name ending in .png or .npz", file=sys.stderr)
+        return 2
+    existing = folder
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+        print(f"error: --out {args.out}: cannot write there ({existing} is not a writable folder)", file=sys.stderr)
+        return 2
     try:
         backend.check_device(args.device)
         config, G, _, meta = load_run(args.checkpoint, args.device)
@@ -54,11 +73,23 @@ def main(argv=None):
         return 2
     z = backend.to_device(
         np.random.default_rng(args.seed).standard_normal((args.n, config["z_dim"])).astype(np.float32), args.device)
-    images = generate(G, z)
-    if args.out.lower().endswith(".png"):
-        save_grid(images, args.out, nrow=args.nrow or math.ceil(math.sqrt(args.n)))
+    as_png = args.out.lower().endswith(".png")
+    bar = ProgressBar(args.n) if args.n > PROGRESS_ABOVE else None
+    chunks, t0 = [], time.perf_counter()
+    for start in range(0, args.n, GENERATION_CHUNK):
+        images = generate(G, z[start:start + GENERATION_CHUNK])
+        chunks.append(images if as_png else backend.to_numpy(unit_to_pixels(images)))  # npz: uint8 per chunk
+        done = min(start + GENERATION_CHUNK, args.n)
+        if bar:
+            bar.update(done, done / max(time.perf_counter() - t0, 1e-9), force=done == args.n)
+    if bar:
+        bar.close()
+    os.makedirs(folder, exist_ok=True)
+    if as_png:
+        xp = backend.xp_for(args.device)
+        save_grid(xp.concatenate(chunks), args.out, nrow=args.nrow or math.ceil(math.sqrt(args.n)))
     else:
-        np.savez(args.out, images=backend.to_numpy(unit_to_pixels(images)))
+        np.savez(args.out, images=np.concatenate(chunks))
     print(f"wrote {args.n} images of {config['model']} G (iteration {meta['iteration']}) to {args.out}")
     return 0
 

@@ -4,15 +4,25 @@
     python scripts/train_cifar.py --device gpu --model resnet --download
     python scripts/train_cifar.py --resume runs/cnn-20261123-120000
 
-The model's preset (printed at start) gives every hyperparameter; any option given on the
-command line overrides it. A resumed run reads its config.json and continues from its
-checkpoint (options given explicitly, e.g. a larger --iterations, still override).
+The model's preset gives every hyperparameter; any option given on the command line overrides
+it (the settings the run uses are printed at start). Every option is checked before the data is
+loaded or anything is written; a bad one is a one-line error (exit status 2).
+
+A new run never overwrites anything: --out must be a new or an empty directory. A resumed run
+reads its config.json (which records the data's absolute path) and checkpoint, checks both,
+and continues; of its options only these may change on resume: --iterations, --lr, --lr-decay,
+--device, --log-every, --sample-every, --checkpoint-every, --checkpoint-minutes, --eval-every,
+--eval-images (and --data, when the data has moved). Any other option that differs from the
+run's is refused.
+
+Checkpoints: every --checkpoint-every iterations, every --checkpoint-minutes (default 10), at the
+end and on Ctrl-C/SIGTERM; a first sample grid at iteration 1. A failed write (e.g. a full disk)
+stops training with the last good checkpoint named; --resume continues from it.
 """
 import preamble  # noqa: F401  (before NumPy: see scripts/preamble.py)
 
 import argparse
 import dataclasses
-import json
 import os
 import signal
 import sys
@@ -22,13 +32,23 @@ from npsn import backend
 from npsn.data.cifar10 import CIFAR10Error, download_cifar10, load_cifar10
 from npsn.gan.losses import LOSSES
 from npsn.gan.models import MODELS
-from npsn.gan.trainer import LR_DECAYS, PRESETS, Trainer, TrainingDiverged, TrainConfig, preset_config
+from npsn.gan.rundir import (RunDirError, check_new_run_dir, check_resume_dir, read_checkpoint, read_config_json,
+                             read_log, stale_temp_files, write_json_atomic)
+from npsn.gan.trainer import (LR_DECAYS, PRESETS, RESUMABLE_OPTIONS, Trainer, TrainingDiverged, TrainConfig,
+                              config_problems, preset_config)
 from npsn.nn.spectral_norm import SN_MODES
 from npsn.utils.allocator import keep_freed_memory
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's parser with its errors on one line (no usage block): '<prog>: error: <message>'."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # Every option defaults to None, meaning "the preset's (or the resumed run's) value".
     p.add_argument("--device", choices=backend.DEVICES, help="cpu (NumPy) or gpu (CuPy)")
     p.add_argument("--model", choices=MODELS, help="cnn (Table 3) or resnet (Table 4); default cnn")
@@ -51,7 +71,9 @@ def parse_args(argv=None):
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     p.add_argument("--log-every", type=int)
     p.add_argument("--sample-every", type=int)
-    p.add_argument("--checkpoint-every", type=int)
+    p.add_argument("--checkpoint-every", type=int, help="a checkpoint every N iterations (0: only by time and at the end)")
+    p.add_argument("--checkpoint-minutes", type=float,
+                   help="also a checkpoint when this many minutes have passed since the last one (default 10; 0: off)")
     p.add_argument("--eval-every", type=int, help="SWD and spectral diagnostics every N iterations (0: off)")
     p.add_argument("--eval-images", type=int, help="real and generated images used for SWD")
     return p.parse_args(argv)
@@ -60,31 +82,102 @@ def parse_args(argv=None):
 CONFIG_OPTIONS = [f.name for f in dataclasses.fields(TrainConfig)]
 
 
+class UsageError(Exception):
+    """A bad option, run directory or run file: main prints the message on one line and exits with 2."""
+
+
+def flag(name):
+    """The command-line option of a config field ("batch_size" -> "--batch-size"; "sn" -> "--no-sn")."""
+    return "--no-sn" if name == "sn" else "--" + name.replace("_", "-")
+
+
+def fit(text, limit=160):
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def check_values(config, given, source):
+    """UsageError for the first invalid value: named by its option when given, else by ``source``."""
+    for name, message in config_problems(config):
+        if name in given:
+            raise UsageError(f"argument {flag(name)}: {message}")
+        raise UsageError(f"{source}: {name} {message}; correct that file, or give {flag(name)}")
+
+
 def build_config(args):
-    """(config, out_dir) from the arguments: the preset or the resumed run's config, then explicit options."""
+    """``(config, out_dir, stored)`` from the arguments, every value checked; only the run's files are read.
+
+    ``stored`` is the resumed run's config.json (None for a new run).
+    """
     given = {name: getattr(args, name) for name in CONFIG_OPTIONS if getattr(args, name, None) is not None}
-    if args.resume:
-        path = os.path.join(args.resume, "config.json")
-        if not os.path.exists(os.path.join(args.resume, "checkpoint.npz")):
-            raise SystemExit(f"error: --resume {args.resume}: no checkpoint.npz there")
-        with open(path) as f:
-            values = json.load(f)
-        values.update(given)
-        return TrainConfig.from_dict(values), args.resume
-    model = given.pop("model", "cnn")
-    config = preset_config(model, **given)
-    out = args.out or os.path.join("runs", f"{model}-{time.strftime('%Y%m%d-%H%M%S')}")
-    return config, out
+    if not args.resume:
+        model = given.pop("model", "cnn")
+        if model not in PRESETS:
+            raise UsageError(f"argument --model: must be one of {', '.join(PRESETS)}")
+        config = preset_config(model, **given)
+        check_values(config, given, "the preset")
+        out = args.out or os.path.join("runs", f"{model}-{time.strftime('%Y%m%d-%H%M%S')}")
+        check_new_run_dir(out)
+        return config, out, None
+
+    run_dir = args.resume
+    if args.out:
+        raise UsageError(f"--out and --resume: a resumed run stays in its directory; give only --resume {run_dir}")
+    check_resume_dir(run_dir)
+    config_path = os.path.join(run_dir, "config.json")
+    stored = read_config_json(run_dir)
+    unknown = sorted(set(stored) - set(CONFIG_OPTIONS) - {"data"})
+    if unknown:
+        raise UsageError(f"{config_path} has unknown settings {', '.join(unknown)} (damaged, or from another "
+                         f"version of npsn); correct that file")
+    config = TrainConfig.from_dict(stored)
+    check_values(config, {}, config_path)
+    _, meta = read_checkpoint(os.path.join(run_dir, "checkpoint.npz"))
+    for name in CONFIG_OPTIONS:
+        if name not in RESUMABLE_OPTIONS and name in meta["config"] and meta["config"][name] != getattr(config, name):
+            raise UsageError(f"{config_path} has {name}={getattr(config, name)!r} but the checkpoint was trained "
+                             f"with {name}={meta['config'][name]!r}; restore config.json from a copy")
+    for name, value in given.items():
+        if name not in RESUMABLE_OPTIONS and value != getattr(config, name):
+            shown = flag(name) if name == "sn" else f"{flag(name)} {value}"
+            raise UsageError(f"{shown}: the run in {run_dir} has {name}={getattr(config, name)}, which cannot "
+                             f"change on resume (only {', '.join(flag(n) for n in RESUMABLE_OPTIONS)} can); "
+                             f"start a new run with --out to change it")
+    config = dataclasses.replace(config, **given)
+    check_values(config, given, config_path)
+    if meta["iteration"] >= config.iterations:
+        raise UsageError(f"--resume {run_dir}: the run is already at iteration {meta['iteration']} of "
+                         f"{config.iterations}; to train longer give --iterations larger than {meta['iteration']}")
+    return config, run_dir, stored
 
 
-def load_images(args):
-    """The training split as uint8 NCHW, downloading first if asked."""
-    path = args.data or "data"
+def data_path(args, stored, run_dir):
+    """Where the training data is: --data, else the resumed run's recorded location, else ./data."""
+    if args.data or args.download or stored is None:
+        return args.data or "data"
+    recorded = stored.get("data")
+    if not recorded:
+        raise UsageError(f"{run_dir}/config.json records no data location (a run of an older npsn): "
+                         f"give --data PATH")
+    if not os.path.exists(recorded):
+        raise UsageError(f"the run's data {recorded} (recorded in {run_dir}/config.json) is not there any more: "
+                         f"give --data PATH with its new location")
+    return recorded
+
+
+def load_images(args, path):
+    """``(training images as uint8 NCHW, the absolute path they came from)``, downloading first if asked."""
     if args.download:
         root = path if not path.endswith((".tar.gz", ".tgz")) else os.path.dirname(path) or "."
         path = download_cifar10(root)
     images, _ = load_cifar10(path, "train")
-    return images
+    return images, os.path.abspath(path)
+
+
+def last_good(trainer):
+    if trainer.saved_iteration is None:
+        return "no checkpoint has been written yet"
+    return f"the last good checkpoint is {trainer.checkpoint_path} (iteration {trainer.saved_iteration})"
 
 
 def _interrupt(signum, frame):
@@ -95,44 +188,71 @@ def main(argv=None):
     args = parse_args(argv)
     # SIGTERM (a job scheduler, `kill`) stops training like Ctrl-C: with a checkpoint.
     signal.signal(signal.SIGTERM, _interrupt)
-    config, out_dir = build_config(args)
+    trainer, written = None, False
     try:
-        backend.check_device(config.device)  # before loading any data
-    except backend.DeviceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        images = load_images(args)
-    except CIFAR10Error as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        # 1. everything that can be checked without the data; nothing is written
+        config, out_dir, stored = build_config(args)
+        if args.resume:
+            read_log(os.path.join(out_dir, "log.jsonl"))  # a damaged line other than a torn last one stops here
+        backend.check_device(config.device)
+        path = data_path(args, stored, out_dir)
+        # 2. the data, and the run's state built (and, on resume, its checkpoint loaded and checked)
+        images, data = load_images(args, path)
+        if config.batch_size > len(images):
+            raise UsageError(f"argument --batch-size: {config.batch_size} is more than the {len(images)} "
+                             f"training images")
+        # Large im2col temporaries: keep freed memory for reuse instead of page-faulting it back each step.
+        keep_freed_memory()
+        try:
+            trainer = Trainer(config, images, out_dir, resume=bool(args.resume))
+        except (KeyError, ValueError, TypeError) as exc:
+            raise UsageError(f"{os.path.join(out_dir, 'checkpoint.npz')} does not fit the run's config.json "
+                             f"({type(exc).__name__}: {fit(exc)}); restore both from a copy") from None
+        if config.eval_every:
+            from npsn.eval.evaluation import make_evaluator
 
-    preset = PRESETS[config.model]
-    # Large im2col temporaries: keep freed memory for reuse instead of page-faulting it back each step.
-    keep_freed_memory()
-    print(f"npsn: training {config.model} on {len(images)} CIFAR-10 images, device {config.device}, run dir {out_dir}")
-    print(f"preset {config.model}: " + ", ".join(f"{k}={v}" for k, v in preset.items()))
-    print("config: " + json.dumps(dataclasses.asdict(config)))
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump(dataclasses.asdict(config), f, indent=2)
-
-    trainer = Trainer(config, images, out_dir, resume=bool(args.resume))
-    if args.resume:
-        print(f"resuming from iteration {trainer.iteration}")
-    if config.eval_every:
-        from npsn.eval.evaluation import make_evaluator
-
-        trainer.evaluator = make_evaluator(config, images)
-    try:
+            trainer.evaluator = make_evaluator(config, images)
+        # 3. everything is valid: write
+        written = True
+        os.makedirs(out_dir, exist_ok=True)
+        for tmp in stale_temp_files(out_dir):
+            os.remove(tmp)
+            print(f"note: removed {tmp} (a partial checkpoint left by a process killed during a save)",
+                  file=sys.stderr)
+        write_json_atomic(os.path.join(out_dir, "config.json"), dict(dataclasses.asdict(config), data=data))
+        print(f"npsn: {'resuming' if args.resume else 'training'} {config.model} on {len(images)} CIFAR-10 images "
+              f"({data}), device {config.device}, run dir {out_dir}")
+        print("settings: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(config).items()))
+        if args.resume:
+            print(f"resuming from iteration {trainer.iteration} of {config.iterations}")
         loss_d, loss_g = trainer.run()
+    except (UsageError, RunDirError, CIFAR10Error, backend.DeviceError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print(f"\ninterrupted at iteration {trainer.iteration}; checkpoint written. "
-              f"Continue with: python scripts/train_cifar.py --resume {out_dir}", file=sys.stderr)
+        if trainer is None or not written:
+            print("\ninterrupted before training started; nothing was written", file=sys.stderr)
+        elif trainer.saved_iteration == trainer.iteration:
+            print(f"\ninterrupted at iteration {trainer.iteration}; checkpoint written. "
+                  f"Continue with: python scripts/train_cifar.py --resume {out_dir}", file=sys.stderr)
+        else:
+            print(f"\ninterrupted at iteration {trainer.iteration} before its checkpoint was complete; "
+                  f"{last_good(trainer)}", file=sys.stderr)
         return 130
     except TrainingDiverged as exc:
-        print(f"\nerror: training stopped: {exc}. The last good checkpoint is kept in {trainer.checkpoint_path}",
+        print(f"\nerror: training stopped: {exc}. {last_good(trainer)[0].upper()}{last_good(trainer)[1:]}",
               file=sys.stderr)
+        return 1
+    except MemoryError:
+        print(f"\nerror: out of memory with --batch-size {config.batch_size} ({config.model}); "
+              f"try a smaller --batch-size" + (f"; {last_good(trainer)}" if trainer else ""), file=sys.stderr)
+        return 1
+    except OSError as exc:
+        where = f" at iteration {trainer.iteration}" if trainer else ""
+        reason = f"{exc.strerror}: {exc.filename}" if exc.strerror and exc.filename else fit(exc)
+        print(f"\nerror: a write failed{where} ({reason}); training stopped, {last_good(trainer) if trainer else ''}"
+              f"{'; ' if trainer else ''}free space (or fix the folder), then continue with: "
+              f"python scripts/train_cifar.py --resume {out_dir}", file=sys.stderr)
         return 1
     print(f"done: iteration {trainer.iteration}, loss_d {loss_d:.4f}, loss_g {loss_g:.4f}; "
           f"samples and checkpoint in {out_dir}")

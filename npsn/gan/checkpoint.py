@@ -6,7 +6,6 @@ Layout of a checkpoint file: arrays under prefixed names ("G/0.weight", "D/1.wei
 """
 import json
 import os
-import tempfile
 
 import numpy as np
 
@@ -27,10 +26,24 @@ def unflatten(prefix, arrays):
 def save_checkpoint(path, arrays, meta):
     """Write ``arrays`` and ``meta`` to ``path`` atomically: a temporary file in the same folder, then ``os.replace``.
 
-    A crash or Ctrl-C during the write leaves the previous checkpoint intact.
+    The steps: create ``.checkpoint-<pid>-<n>.tmp`` (mode 0666 less the umask, like every other
+    file of a run), write the archive, flush and fsync it, rename it over ``path``, fsync the
+    folder. An exception at any step (a full disk, Ctrl-C) removes the temporary file and leaves
+    the previous checkpoint intact; a process killed outright (kill -9, power loss) may leave the
+    temporary file behind, and the training script removes such files at its next start.
     """
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".tmp", dir=folder)
+    tmp, fd = None, None
+    for n in range(1000):
+        candidate = os.path.join(folder, f".checkpoint-{os.getpid()}-{n}.tmp")
+        try:
+            fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        tmp = candidate
+        break
+    if tmp is None:
+        raise FileExistsError(f"{folder}: cannot create a temporary checkpoint file")
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, meta=np.asarray(json.dumps(meta)), **arrays)
@@ -41,6 +54,21 @@ def save_checkpoint(path, arrays, meta):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+    _fsync_folder(folder)
+
+
+def _fsync_folder(folder):
+    """Make the rename durable (best effort: not every platform can open a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def load_checkpoint(path):

@@ -9,7 +9,9 @@ from it reproduces the uninterrupted run's losses exactly on NumPy.
 """
 import dataclasses
 import json
+import math
 import os
+import sys
 import time
 
 import numpy as np
@@ -18,6 +20,7 @@ from npsn import backend
 from npsn.data.cifar10 import MinibatchStream
 from npsn.data.pixels import pixels_to_unit
 from npsn.gan.checkpoint import flatten, load_checkpoint, save_checkpoint, unflatten
+from npsn.gan.rundir import read_log
 from npsn.gan.losses import get_loss
 from npsn.gan.models import build_gan
 from npsn.gan.updates import TrainingDiverged, check_finite, discriminator_update, gan_iteration, generator_update
@@ -53,6 +56,7 @@ class TrainConfig:
     log_every: int = 10
     sample_every: int = 500
     checkpoint_every: int = 1000
+    checkpoint_minutes: float = 10.0  # also a checkpoint when this long has passed since the last one; 0 = off
     eval_every: int = 0  # SWD and spectral diagnostics; 0 = off
     eval_images: int = 1000
 
@@ -79,6 +83,66 @@ def preset_config(model, **overrides):
     return TrainConfig.from_dict(values)
 
 
+# Options a resumed run may change: how long it trains, its learning-rate schedule, what it
+# writes and when, and where it runs. Every other option of TrainConfig (model, loss, widths,
+# z_dim, sn, sn_mode, batch size, betas, n_dis, seed) is fixed by its checkpoint.
+RESUMABLE_OPTIONS = ("iterations", "lr", "lr_decay", "device", "log_every", "sample_every", "checkpoint_every",
+                     "checkpoint_minutes", "eval_every", "eval_images")
+
+# {option: (its lowest value, whether that value itself is allowed)}; beta1 and beta2 must also be < 1
+_LOWER_BOUNDS = {
+    "iterations": (1, True), "batch_size": (1, True), "lr": (0, False), "beta1": (0, True), "beta2": (0, True),
+    "n_dis": (1, True), "z_dim": (1, True), "g_ch": (0, True), "d_ch": (0, True), "seed": (0, True),
+    "log_every": (1, True), "sample_every": (0, True), "checkpoint_every": (0, True),
+    "checkpoint_minutes": (0, True), "eval_every": (0, True), "eval_images": (1, True),
+}
+
+
+def config_problems(config):
+    """``[(option, message)]`` for every value of ``config`` of the wrong type or out of range (empty when valid).
+
+    >>> config_problems(preset_config("cnn"))
+    []
+    >>> config_problems(preset_config("cnn", batch_size=0, beta2=1.0))
+    [('batch_size', 'must be at least 1, got 0'), ('beta2', 'must be in [0, 1), got 1.0')]
+    """
+    from npsn.gan.losses import LOSSES
+    from npsn.gan.models import MODELS
+
+    choices = {"model": tuple(MODELS), "loss": tuple(LOSSES), "lr_decay": LR_DECAYS, "device": backend.DEVICES}
+    try:
+        from npsn.nn.spectral_norm import SN_MODES
+        choices["sn_mode"] = tuple(SN_MODES)
+    except ImportError:
+        pass
+    problems = []
+    for field in dataclasses.fields(config):
+        name, value = field.name, getattr(config, field.name)
+        kind = type(field.default)
+        if kind is bool:
+            ok = isinstance(value, bool)
+        elif kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif kind is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        else:
+            ok = isinstance(value, kind)
+        if not ok:
+            problems.append((name, f"must be a finite {kind.__name__}, got {value!r}" if kind is float
+                             else f"must be {'true or false' if kind is bool else 'an ' + kind.__name__}, "
+                                  f"got {value!r}"))
+            continue
+        if name in choices and value not in choices[name]:
+            problems.append((name, f"must be one of {', '.join(choices[name])}, got {value!r}"))
+        elif name in _LOWER_BOUNDS:
+            low, inclusive = _LOWER_BOUNDS[name]
+            if value < low or (value == low and not inclusive):
+                problems.append((name, f"must be {'at least' if inclusive else 'greater than'} {low}, got {value}"))
+            elif name in ("beta1", "beta2") and value >= 1:
+                problems.append((name, f"must be in [0, 1), got {value}"))
+    return problems
+
+
 class Trainer:
     """Owns G, D, their optimizers and the data stream, and runs the training loop.
 
@@ -92,7 +156,6 @@ class Trainer:
     def __init__(self, config, images, out_dir, resume=False):
         self.config = config
         self.out_dir = out_dir
-        os.makedirs(out_dir, exist_ok=True)
         self.xp = backend.xp_for(config.device)
         c = config
         self.G, self.D = build_gan(c.model, z_dim=c.z_dim, g_ch=c.g_ch, d_ch=c.d_ch, sn=c.sn, seed=c.seed,
@@ -108,7 +171,9 @@ class Trainer:
         self.z_fixed = backend.to_device(
             np.random.default_rng([c.seed, 3]).standard_normal((64, c.z_dim)).astype(np.float32), c.device)
         self.iteration = 0
+        self.saved_iteration = None  # the iteration of the checkpoint on disk (None: none written yet)
         self.evaluator = None
+        self.notice = lambda message: print(message, file=sys.stderr)
         if resume:
             self.load(self.checkpoint_path)
 
@@ -187,16 +252,25 @@ class Trainer:
         meta = {"iteration": self.iteration, "config": dataclasses.asdict(self.config),
                 "noise_state": self.noise.bit_generator.state}
         save_checkpoint(self.checkpoint_path, arrays, meta)
+        self.saved_iteration = self.iteration  # only once the file is in place
+        self._last_save = time.monotonic()
 
     def load(self, path):
+        """Restore everything from a checkpoint. Keys, shapes and dtypes are checked against this
+        trainer's models, optimizers and stream (KeyError, ValueError or TypeError when they differ)."""
         arrays, meta = load_checkpoint(path)
+        for prefix, module in (("G", self.G), ("D", self.D)):
+            own = module.state_dict()
+            for key, value in unflatten(prefix, arrays).items():
+                if key in own and np.dtype(value.dtype) != np.dtype(own[key].dtype):
+                    raise TypeError(f"{prefix}/{key} has dtype {value.dtype}, expected {own[key].dtype}")
         self.G.load_state_dict(unflatten("G", arrays))
         self.D.load_state_dict(unflatten("D", arrays))
         self.opt_g.load_state_dict(unflatten("opt_g", arrays))
         self.opt_d.load_state_dict(unflatten("opt_d", arrays))
         self.stream.load_state_dict(unflatten("stream", arrays))
         self.noise.bit_generator.state = meta["noise_state"]
-        self.iteration = int(meta["iteration"])
+        self.iteration = self.saved_iteration = int(meta["iteration"])
 
     def save_samples(self, name):
         """An 8x8 grid of G(z_fixed) in eval mode (BN running statistics), as ``name``.png."""
@@ -207,26 +281,36 @@ class Trainer:
             self.G.train()
 
     def _truncate_log(self):
-        """Drop log lines written after the checkpoint we resume from (a crash may have left some)."""
+        """Drop log lines written after the checkpoint we resume from (a crash may have left some),
+        and a torn last line (a crash in mid-write), with a notice."""
         if not os.path.exists(self.log_path):
             return
-        with open(self.log_path) as f:
-            kept = [line for line in f if line.strip() and json.loads(line)["iteration"] <= self.iteration]
-        with open(self.log_path, "w") as f:
-            f.writelines(kept)
+        lines, records, torn = read_log(self.log_path)
+        if torn:
+            self.notice(f"note: {self.log_path}: dropped a torn last line (written in part by a crash)")
+        kept = [line for line, record in zip(lines, records) if record["iteration"] <= self.iteration]
+        if torn or len(kept) != len(lines):
+            with open(self.log_path, "w") as f:
+                f.writelines(kept)
 
     # ------------------------------------------------------------------ the loop
     def run(self, until=None, progress=True):
         """Train up to iteration ``until`` (default: ``config.iterations``); returns the last (loss_d, loss_g).
 
-        Writes samples, log lines and checkpoints at their intervals and a final checkpoint and
-        sample grid. On Ctrl-C it writes a checkpoint of the last completed iteration, then
-        re-raises KeyboardInterrupt. On divergence it raises :class:`TrainingDiverged` and leaves
-        the last good checkpoint in place.
+        Writes samples, log lines and checkpoints at their intervals, a first sample grid at
+        iteration 1 (when ``sample_every`` is not 0), a checkpoint whenever ``checkpoint_minutes``
+        have passed since the last one, and a final checkpoint and sample grid. On Ctrl-C it
+        writes a checkpoint of the last completed iteration and its sample grid, then re-raises
+        KeyboardInterrupt (``saved_iteration`` tells what is on disk, should a second signal
+        interrupt that save). On divergence it raises :class:`TrainingDiverged` and leaves the
+        last good checkpoint in place. An OSError of a write (a full disk) propagates at once:
+        the checkpoint on disk is then still the one of ``saved_iteration``.
         """
         c = self.config
         until = c.iterations if until is None else min(until, c.iterations)
+        os.makedirs(self.out_dir, exist_ok=True)
         self._truncate_log()
+        self._last_save = time.monotonic()
         bar = ProgressBar(until, start=self.iteration) if progress else None
         losses = (float("nan"), float("nan"))
         images_per_iteration = c.n_dis * c.batch_size
@@ -252,9 +336,11 @@ class Trainer:
                             record.update(self.evaluator(self))
                         log.write(json.dumps(record) + "\n")
                         log.flush()
-                    if c.sample_every and it % c.sample_every == 0:
-                        self.save_samples(f"samples_{it:06d}")
+                    if c.sample_every and (it % c.sample_every == 0 or it == 1):
+                        self.save_samples(f"samples_{it:06d}")  # iteration 1: the first look, a minute in
                     if c.checkpoint_every and it % c.checkpoint_every == 0:
+                        self.save()
+                    elif c.checkpoint_minutes and time.monotonic() - self._last_save >= 60 * c.checkpoint_minutes:
                         self.save()
                     if it % c.log_every == 0 or evaluate:
                         t_last, it_last = time.perf_counter(), it  # time spent logging, sampling, saving is excluded
@@ -262,6 +348,8 @@ class Trainer:
             if bar:
                 bar.close()
             self.save()
+            if c.sample_every:
+                self.save_samples(f"samples_{self.iteration:06d}")
             raise
         if bar:
             bar.close()

@@ -1,0 +1,353 @@
+"""Every bad input and damaged run file is one line on stderr, exit status 2, and leaves the run as it was.
+
+One table row per case (a new run's bad option, a resume that must be refused, a damaged file),
+then the faults: a crash at each step of the checkpoint write, a full disk at a save, a second
+signal during the final save, out of memory; and the documented behaviours (``--resume RUN``
+alone, a torn last log line, stale temporary files, the umask, early grids and checkpoints).
+Everything runs on the tiny fake CIFAR-10 of tests/fake_cifar.py.
+"""
+import errno
+import json
+import os
+import runpy
+import shutil
+import sys
+
+import numpy as np
+import pytest
+
+from fake_cifar import write_fake_cifar
+from npsn.gan import trainer as trainer_module
+from npsn.gan.checkpoint import load_checkpoint
+from npsn.gan.trainer import Trainer, preset_config
+
+SCRIPTS = os.path.join(os.path.dirname(__file__), "..", "scripts")
+sys.path.insert(0, SCRIPTS)  # for the scripts' `import preamble`
+TINY = ["--g-ch", "16", "--d-ch", "8", "--batch-size", "8", "--sample-every", "0", "--log-every", "1"]
+
+
+def run_main(script, *argv):
+    """scripts/<script>'s main(argv) in-process; argparse's exits become their status."""
+    namespace = runpy.run_path(os.path.join(SCRIPTS, script), run_name="npsn_script_under_test")
+    try:
+        return namespace["main"](list(argv))
+    except SystemExit as exc:
+        return exc.code
+
+
+def snapshot(root):
+    """{relative path: (bytes, mode)} of every file under root, and every folder."""
+    out = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs:
+            out[os.path.relpath(os.path.join(folder, name), root)] = "dir"
+        for name in files:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, root)] = (f.read(), os.stat(path).st_mode)
+    return out
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    return write_fake_cifar(str(tmp_path_factory.mktemp("cifar")), n_per_batch=20, seed=0)
+
+
+@pytest.fixture(scope="module")
+def good_run(archive, tmp_path_factory):
+    """A finished 2-iteration run (checkpoint at 2), trained through the script: config.json records the data."""
+    run = str(tmp_path_factory.mktemp("good") / "run")
+    assert run_main("train_cifar.py", "--data", archive, *TINY, "--iterations", "2", "--out", run) == 0
+    return run
+
+
+@pytest.fixture
+def workspace(good_run, tmp_path):
+    """tmp_path with a copy of the good run as RUN, and a plain file FILE."""
+    shutil.copytree(good_run, tmp_path / "RUN")
+    (tmp_path / "FILE").write_text("not a run\n")
+    return tmp_path
+
+
+def truncate(path):
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) // 2])
+
+
+def overwrite(path, data, mode="wb"):
+    with open(path, mode) as f:
+        f.write(data)
+
+
+def edit_config(run, **changes):
+    path = os.path.join(run, "config.json")
+    values = json.load(open(path))
+    values.update(changes)
+    json.dump(values, open(path, "w"))
+
+
+def other_checkpoint(run, archive):
+    """Replace RUN's checkpoint with a valid one of a different D width (config.json unchanged)."""
+    config = preset_config("cnn", iterations=1, g_ch=16, d_ch=16, batch_size=8, sample_every=0)
+    from npsn.data.cifar10 import load_cifar10
+    other = Trainer(config, load_cifar10(archive)[0], os.path.join(run, "..", "other"))
+    other.run(progress=False)
+    shutil.copy(other.checkpoint_path, os.path.join(run, "checkpoint.npz"))
+    shutil.rmtree(other.out_dir)
+
+
+def rewrite_checkpoint(run, change):
+    """Rewrite RUN's checkpoint with change(arrays) applied (the metadata kept)."""
+    from npsn.gan.checkpoint import save_checkpoint
+    path = os.path.join(run, "checkpoint.npz")
+    arrays, meta = load_checkpoint(path)
+    change(arrays)
+    save_checkpoint(path, arrays, meta)
+
+
+def drop_one_array(arrays):
+    del arrays[sorted(k for k in arrays if k.startswith("D/"))[0]]
+
+
+def float64_weights(arrays):
+    for k in [k for k in arrays if k.startswith("G/") and arrays[k].dtype == np.float32]:
+        arrays[k] = arrays[k].astype(np.float64)
+
+
+# (case, argv, damage(run, archive) or None, text the error line must contain)
+NEW = ["--data", "{archive}", *TINY, "--iterations", "3", "--out", "{tmp}/NEW"]
+RESUME = ["--resume", "{tmp}/RUN", "--iterations", "4"]
+CASES = [
+    ("batch size 0", NEW + ["--batch-size", "0"], None, "--batch-size: must be at least 1"),
+    ("batch size above the data", NEW + ["--batch-size", "1000"], None, "more than the 100 training images"),
+    ("batch size not a number", NEW + ["--batch-size", "abc"], None, "invalid int value"),
+    ("negative lr", NEW + ["--lr", "-1"], None, "--lr: must be greater than 0"),
+    ("nan lr", NEW + ["--lr", "nan"], None, "--lr: must be a finite float"),
+    ("beta1 1", NEW + ["--beta1", "1"], None, "--beta1: must be in [0, 1)"),
+    ("negative beta2", NEW + ["--beta2", "-0.1"], None, "--beta2: must be at least 0"),
+    ("iterations 0", NEW + ["--iterations", "0"], None, "--iterations: must be at least 1"),
+    ("iterations -5", NEW + ["--iterations", "-5"], None, "--iterations: must be at least 1"),
+    ("log-every 0", NEW + ["--log-every", "0"], None, "--log-every: must be at least 1"),
+    ("negative sample-every", NEW + ["--sample-every", "-1"], None, "--sample-every: must be at least 0"),
+    ("negative checkpoint-every", NEW + ["--checkpoint-every", "-1"], None, "--checkpoint-every"),
+    ("negative checkpoint-minutes", NEW + ["--checkpoint-minutes", "-1"], None, "--checkpoint-minutes"),
+    ("negative eval-every", NEW + ["--eval-every", "-1"], None, "--eval-every"),
+    ("eval-images 0", NEW + ["--eval-images", "0"], None, "--eval-images"),
+    ("n-dis 0", NEW + ["--n-dis", "0"], None, "--n-dis: must be at least 1"),
+    ("negative width", NEW + ["--d-ch", "-1"], None, "--d-ch"),
+    ("negative seed", NEW + ["--seed", "-1"], None, "--seed"),
+    ("unknown model", NEW + ["--model", "vgg"], None, "invalid choice"),
+    ("unknown device", NEW + ["--device", "tpu"], None, "invalid choice"),
+    ("--out an existing file", NEW + ["--out", "{tmp}/FILE"], None, "a file of that name exists"),
+    ("--out an existing run", NEW + ["--out", "{tmp}/RUN"], None, "--resume"),
+    ("--out with --resume", RESUME + ["--out", "{tmp}/NEW"], None, "give only --resume"),
+    ("resume: other model", RESUME + ["--model", "resnet"], None, "model=cnn, which cannot change on resume"),
+    ("resume: SN off", RESUME + ["--no-sn"], None, "--no-sn: the run"),
+    ("resume: other batch size", RESUME + ["--batch-size", "16"], None, "batch_size=8"),
+    ("resume: other width", RESUME + ["--d-ch", "16"], None, "d_ch=8"),
+    ("resume: bad lr", RESUME + ["--lr", "-1"], None, "--lr: must be greater than 0"),
+    ("resume: already finished", ["--resume", "{tmp}/RUN"], None, "already at iteration 2 of 2"),
+    ("resume: no such dir", ["--resume", "{tmp}/NOPE"], None, "no such run directory"),
+    ("resume: not a run", ["--resume", "{tmp}"], None, "no checkpoint.npz there"),
+    ("truncated checkpoint", RESUME, lambda run, a: truncate(os.path.join(run, "checkpoint.npz")),
+     "checkpoint.npz is damaged"),
+    ("random-bytes checkpoint", RESUME,
+     lambda run, a: overwrite(os.path.join(run, "checkpoint.npz"), np.random.default_rng(0).bytes(5000)),
+     "checkpoint.npz is damaged"),
+    ("checkpoint of another model", RESUME, lambda run, a: other_checkpoint(run, a), "d_ch=8"),
+    ("checkpoint missing an array", RESUME, lambda run, a: rewrite_checkpoint(run, drop_one_array),
+     "does not fit the run's config.json (KeyError"),
+    ("checkpoint of float64 weights", RESUME, lambda run, a: rewrite_checkpoint(run, float64_weights),
+     "has dtype float64, expected float32"),
+    ("corrupt config.json", RESUME, lambda run, a: overwrite(os.path.join(run, "config.json"), b'{"model": "cn'),
+     "config.json is damaged"),
+    ("config.json not an object", RESUME, lambda run, a: overwrite(os.path.join(run, "config.json"), b"[1, 2]"),
+     "not a JSON object"),
+    ("config.json bad value", RESUME, lambda run, a: edit_config(run, lr="fast"), "lr must be a finite float"),
+    ("config.json unknown key", RESUME, lambda run, a: edit_config(run, colour="red"), "unknown settings colour"),
+    ("config.json differs from checkpoint", RESUME, lambda run, a: edit_config(run, z_dim=64),
+     "trained with z_dim=128"),
+    ("damaged log line", RESUME, lambda run, a: overwrite(os.path.join(run, "log.jsonl"), b"garbage\n", "ab") or
+     overwrite(os.path.join(run, "log.jsonl"), b'{"iteration": 3}\n', "ab"), "line 3 is damaged"),
+    ("data moved", RESUME, lambda run, a: edit_config(run, data="/nonexistent/cifar-10-python.tar.gz"),
+     "give --data PATH"),
+    ("no data location", RESUME, lambda run, a: edit_config(run, data=None), "give --data PATH"),
+    ("missing data", NEW + ["--data", "{tmp}/missing.tar.gz"], None, "missing.tar.gz"),
+]
+
+
+@pytest.mark.parametrize("case, argv, damage, expected", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_and_changes_nothing(case, argv, damage, expected, workspace, archive, capsys):
+    if damage:
+        damage(str(workspace / "RUN"), archive)
+    before = snapshot(workspace)
+    argv = [a.format(tmp=workspace, archive=archive) for a in argv]
+    capsys.readouterr()
+    code = run_main("train_cifar.py", *argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and err.endswith("\n"), err
+    assert "Traceback" not in err and expected in err, err
+    assert snapshot(workspace) == before  # RUN byte for byte, and NEW never created
+
+
+def test_resume_alone_continues_with_the_recorded_data(workspace, capsys):
+    run = str(workspace / "RUN")
+    assert json.load(open(os.path.join(run, "config.json")))["data"].startswith("/")
+    assert run_main("train_cifar.py", "--resume", run, "--iterations", "4") == 0
+    assert [json.loads(line)["iteration"] for line in open(os.path.join(run, "log.jsonl"))] == [1, 2, 3, 4]
+    assert json.load(open(os.path.join(run, "config.json")))["iterations"] == 4
+
+
+def test_torn_last_log_line_is_dropped_with_a_notice(workspace, capsys):
+    run = str(workspace / "RUN")
+    overwrite(os.path.join(run, "log.jsonl"), b'{"iteration": 3, "loss_d": 0.5', "ab")
+    plot_run = runpy.run_path(os.path.join(SCRIPTS, "plot_run.py"), run_name="npsn_script_under_test")
+    assert [r["iteration"] for r in plot_run["read_log"](os.path.join(run, "log.jsonl"))] == [1, 2]
+    assert "torn last line" in capsys.readouterr().err
+    assert run_main("train_cifar.py", "--resume", run, "--iterations", "3") == 0
+    assert "dropped a torn last line" in capsys.readouterr().err
+    assert [json.loads(line)["iteration"] for line in open(os.path.join(run, "log.jsonl"))] == [1, 2, 3]
+
+
+def test_stale_temporary_checkpoints_are_removed_at_the_next_start(workspace, capsys):
+    run = str(workspace / "RUN")
+    stale = os.path.join(run, ".checkpoint-12345-0.tmp")
+    overwrite(stale, b"half a checkpoint")  # what kill -9 during a save leaves
+    assert run_main("train_cifar.py", "--resume", run, "--iterations", "3") == 0
+    assert not os.path.exists(stale) and "removed" in capsys.readouterr().err
+
+
+def test_checkpoint_follows_the_umask(archive, tmp_path):
+    old = os.umask(0o027)
+    try:
+        out = str(tmp_path / "run")
+        assert run_main("train_cifar.py", "--data", archive, *TINY, "--iterations", "1", "--out", out) == 0
+    finally:
+        os.umask(old)
+    modes = {name: os.stat(os.path.join(out, name)).st_mode & 0o777 for name in os.listdir(out)}
+    assert modes["checkpoint.npz"] == modes["log.jsonl"] == 0o640, modes
+
+
+def test_a_first_grid_at_iteration_1_and_time_based_checkpoints(archive, tmp_path, monkeypatch):
+    saved = []
+    real_save = trainer_module.save_checkpoint
+    monkeypatch.setattr(trainer_module, "save_checkpoint",
+                        lambda path, arrays, meta: (saved.append(meta["iteration"]), real_save(path, arrays, meta)))
+    out = str(tmp_path / "run")
+    assert run_main("train_cifar.py", "--data", archive, *TINY[:-4], "--iterations", "3", "--out", out,
+                    "--sample-every", "100", "--checkpoint-every", "0", "--checkpoint-minutes", "1e-9") == 0
+    assert saved == [1, 2, 3, 3]  # each iteration (the time has always passed), then the final one
+    assert "samples_000001.png" in os.listdir(out)
+
+
+# --- faults ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("step", ["savez", "fsync", "replace", "interrupt in savez"])
+def test_a_crash_at_each_step_of_the_checkpoint_write_keeps_the_last_one(step, archive, tmp_path, monkeypatch):
+    from npsn.data.cifar10 import load_cifar10
+    config = preset_config("cnn", iterations=4, g_ch=16, d_ch=8, batch_size=8, sample_every=0, checkpoint_every=2)
+    trainer = Trainer(config, load_cifar10(archive)[0], str(tmp_path / "run"))
+    trainer.run(until=2, progress=False)
+    before = open(trainer.checkpoint_path, "rb").read()
+    error = KeyboardInterrupt if step.startswith("interrupt") else OSError(errno.EIO, "simulated crash")
+
+    def fail(*args, **kwargs):
+        raise error
+
+    import npsn.gan.checkpoint as checkpoint_module
+    target = {"savez": (checkpoint_module.np, "savez"), "interrupt in savez": (checkpoint_module.np, "savez"),
+              "fsync": (checkpoint_module.os, "fsync"), "replace": (checkpoint_module.os, "replace")}[step]
+    monkeypatch.setattr(*target, fail)
+    with pytest.raises((OSError, KeyboardInterrupt)):
+        trainer.run(progress=False)
+    monkeypatch.undo()
+    assert open(trainer.checkpoint_path, "rb").read() == before
+    assert trainer.saved_iteration == 2
+    assert not [n for n in os.listdir(trainer.out_dir) if n.endswith(".tmp")]
+    assert load_checkpoint(trainer.checkpoint_path)[1]["iteration"] == 2
+
+
+def fail_save_at(monkeypatch, iteration, error):
+    real_save = trainer_module.save_checkpoint
+
+    def save(path, arrays, meta):
+        if meta["iteration"] == iteration:
+            raise error
+        return real_save(path, arrays, meta)
+
+    monkeypatch.setattr(trainer_module, "save_checkpoint", save)
+
+
+def test_a_full_disk_at_a_save_stops_with_the_last_good_checkpoint(archive, tmp_path, monkeypatch, capsys):
+    fail_save_at(monkeypatch, 4, OSError(errno.ENOSPC, "No space left on device", "checkpoint.npz"))
+    out = str(tmp_path / "run")
+    code = run_main("train_cifar.py", "--data", archive, *TINY, "--iterations", "6", "--checkpoint-every", "2",
+                    "--out", out)
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 1
+    assert "No space left on device" in err and "iteration 2" in err and "--resume" in err, err
+    assert load_checkpoint(os.path.join(out, "checkpoint.npz"))[1]["iteration"] == 2
+
+
+def test_a_second_signal_during_the_final_save_claims_no_checkpoint(archive, tmp_path, monkeypatch, capsys):
+    fail_save_at(monkeypatch, 3, KeyboardInterrupt())  # the save after the first Ctrl-C is interrupted too
+    real_iteration = Trainer.train_iteration
+
+    def interrupted(self):
+        if self.iteration == 3:
+            raise KeyboardInterrupt
+        return real_iteration(self)
+
+    monkeypatch.setattr(Trainer, "train_iteration", interrupted)
+    out = str(tmp_path / "run")
+    code = run_main("train_cifar.py", "--data", archive, *TINY, "--iterations", "6", "--checkpoint-every", "2",
+                    "--out", out)
+    err = capsys.readouterr().err
+    assert code == 130
+    assert "checkpoint written" not in err and "(iteration 2)" in err, err
+    assert load_checkpoint(os.path.join(out, "checkpoint.npz"))[1]["iteration"] == 2
+
+
+def test_an_interrupt_writes_a_checkpoint_and_a_grid(archive, tmp_path, monkeypatch, capsys):
+    real_iteration = Trainer.train_iteration
+
+    def interrupted(self):
+        if self.iteration == 3:
+            raise KeyboardInterrupt
+        return real_iteration(self)
+
+    monkeypatch.setattr(Trainer, "train_iteration", interrupted)
+    out = str(tmp_path / "run")
+    assert run_main("train_cifar.py", "--data", archive, *TINY[:-4], "--iterations", "6", "--out", out) == 130
+    assert "checkpoint written" in capsys.readouterr().err
+    assert "samples_000003.png" in os.listdir(out)
+    assert load_checkpoint(os.path.join(out, "checkpoint.npz"))[1]["iteration"] == 3
+
+
+def test_out_of_memory_is_one_line_with_the_batch_size(archive, tmp_path, monkeypatch, capsys):
+    def no_memory(self):
+        raise MemoryError
+
+    monkeypatch.setattr(Trainer, "train_iteration", no_memory)
+    code = run_main("train_cifar.py", "--data", archive, *TINY, "--iterations", "2", "--out", str(tmp_path / "r"))
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 1 and "out of memory with --batch-size 8" in err and "Traceback" not in err
+
+
+# --- sample.py and evaluate.py -----------------------------------------------------------------------------
+
+def test_sample_creates_missing_folders(good_run, tmp_path):
+    out = str(tmp_path / "a" / "b" / "grid.png")
+    assert run_main("sample.py", good_run, "--n", "4", "--out", out) == 0
+    assert os.path.isfile(out)
+
+
+def test_evaluate_checks_n_and_out_before_computing(good_run, archive, tmp_path, capsys):
+    assert run_main("evaluate.py", good_run, "--data", archive, "--n", "21") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "more than the 20 images of the test split" in err
+    assert run_main("evaluate.py", good_run, "--data", archive, "--n", "4", "--out", str(tmp_path / "x" / "e.json")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "does not exist" in err
+    assert not os.path.exists(os.path.join(good_run, "eval.json"))
