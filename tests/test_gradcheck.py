@@ -70,6 +70,8 @@ LAYERS = [
     ("SpectralNorm(Linear)", _sn(lambda rng: npsn.Linear(5, 4, rng=rng)), (3, 5)),
     ("SpectralNorm(Conv2d)", _sn(lambda rng: npsn.Conv2d(3, 4, 3, 2, 1, rng=rng)), (2, 5, 5, 3)),
     ("SpectralNorm(ConvTranspose2d)", _sn(lambda rng: npsn.ConvTranspose2d(3, 2, 4, 2, 1, rng=rng)), (2, 3, 3, 3)),
+    ("SpectralNorm(Conv2d, operator)", lambda rng: npsn.SpectralNorm(
+        npsn.Conv2d(3, 4, 3, 2, 1, rng=rng), rng=rng, mode="operator", input_shape=(2, 5, 5, 3)), (2, 5, 5, 3)),
 ]
 
 
