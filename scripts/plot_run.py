@@ -119,14 +119,6 @@ def main(argv=None):
     if not os.path.isfile(log_path):
         print(f"error: {args.run_dir}: no log.jsonl there", file=sys.stderr)
         return 2
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print(f"error: {INSTALL_HINT}", file=sys.stderr)
-        return 2
     from npsn.gan.rundir import RunDirError
 
     try:
@@ -136,6 +128,14 @@ def main(argv=None):
         return 2
     if not records:
         print(f"error: {log_path} is empty", file=sys.stderr)
+        return 2
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"error: {INSTALL_HINT}", file=sys.stderr)
         return 2
     folder = os.path.join(args.run_dir, "plots")
     os.makedirs(folder, exist_ok=True)
