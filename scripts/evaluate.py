@@ -34,6 +34,7 @@ from npsn import backend
 from npsn.data.cifar10 import SPLITS, CIFAR10Error, load_cifar10
 from npsn.data.pixels import pixels_to_unit
 from npsn.eval.evaluation import GRADIENT_BATCH, RunError, diagnose, find_checkpoint, generate, load_run, real_subset
+from npsn.gan.models import sample_latent
 
 
 def parse_args(argv=None):
@@ -108,7 +109,7 @@ def main(argv=None):
     xp = backend.xp_for(args.device)
     real_uint8 = xp.asarray(real_subset(images, args.n, args.seed))
     z = backend.to_device(
-        np.random.default_rng([args.seed, 5]).standard_normal((args.n, config["z_dim"])).astype(np.float32),
+        sample_latent(np.random.default_rng([args.seed, 5]), args.n, config["z_dim"], config.get("z_dist", "normal")),
         args.device)
     fake = generate(G, z)
     D.eval()

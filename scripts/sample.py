@@ -24,6 +24,7 @@ import numpy as np
 from npsn import backend
 from npsn.data.pixels import unit_to_pixels
 from npsn.eval.evaluation import GENERATION_CHUNK, RunError, generate, load_run
+from npsn.gan.models import sample_latent
 from npsn.utils.images import save_grid
 from npsn.utils.progress import ProgressBar
 
@@ -71,8 +72,9 @@ def main(argv=None):
     except (RunError, backend.DeviceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    z = backend.to_device(
-        np.random.default_rng(args.seed).standard_normal((args.n, config["z_dim"])).astype(np.float32), args.device)
+    z = backend.to_device(  # z from the run's distribution (normal, or uniform for chainer-gan-lib-sndcgan)
+        sample_latent(np.random.default_rng(args.seed), args.n, config["z_dim"], config.get("z_dist", "normal")),
+        args.device)
     as_png = args.out.lower().endswith(".png")
     bar = ProgressBar(args.n) if args.n > PROGRESS_ABOVE else None
     chunks, t0 = [], time.perf_counter()

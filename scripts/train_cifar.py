@@ -1,10 +1,12 @@
 """Train an SN-GAN on CIFAR-10.
 
     python scripts/train_cifar.py --device cpu --data ../shared/data/cifar-10-python.tar.gz
-    python scripts/train_cifar.py --device gpu --model resnet --download
+    python scripts/train_cifar.py --device gpu --preset sngan-projection-resnet --download
     python scripts/train_cifar.py --resume runs/cnn-20261123-120000
 
-The model's preset gives every hyperparameter; any option given on the command line overrides
+--preset names the configuration a run reproduces (default cnn; the presets and their sources are
+listed at the end of this help, and the run's config.json records "preset" and "source"). The
+preset gives every hyperparameter; any option given on the command line overrides
 it (the settings the run uses are printed at start). Every option is checked before the data is
 loaded or anything is written; a bad one is a one-line error (exit status 2).
 
@@ -13,7 +15,8 @@ reads its config.json (which records the data's absolute path) and checkpoint, c
 and continues; of its options only these may change on resume: --iterations, --lr, --lr-decay,
 --device, --log-every, --sample-every, --checkpoint-every, --checkpoint-minutes, --eval-every,
 --eval-images (and --data, when the data has moved). Any other option that differs from the
-run's is refused.
+run's is refused (among them --preset, --model, --batch-size, --g-batch-size, --z-dist, --pixels
+and --d-final-bias: they fix the architecture, the random streams or what an update averages).
 
 Checkpoints: every --checkpoint-every iterations, every --checkpoint-minutes (default 10), at the
 end and on Ctrl-C/SIGTERM; a first sample grid at iteration 1. A failed write (e.g. a full disk)
@@ -31,11 +34,11 @@ import time
 from npsn import backend
 from npsn.data.cifar10 import CIFAR10Error, download_cifar10, load_cifar10
 from npsn.gan.losses import LOSSES
-from npsn.gan.models import MODELS
+from npsn.gan.models import MODELS, Z_DISTRIBUTIONS
 from npsn.gan.rundir import (RunDirError, check_new_run_dir, check_resume_dir, read_checkpoint, read_config_json,
                              read_log, stale_temp_files, write_json_atomic)
-from npsn.gan.trainer import (LR_DECAYS, PRESETS, RESUMABLE_OPTIONS, Trainer, TrainingDiverged, TrainConfig,
-                              config_problems, preset_config)
+from npsn.gan.trainer import (LR_DECAYS, PIXEL_MAPPINGS, PRESET_SOURCES, PRESETS, RESUMABLE_OPTIONS, Trainer,
+                              TrainingDiverged, TrainConfig, config_problems, preset_config)
 from npsn.nn.spectral_norm import SN_MODES
 from npsn.utils.allocator import keep_freed_memory
 
@@ -47,14 +50,35 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def presets_help():
+    """The epilog of --help: each preset, what it reproduces, and its values."""
+    lines = ["presets (each value can be overridden by its option):"]
+    for name, values in PRESETS.items():
+        lines.append(f"  {name}: {PRESET_SOURCES[name]}")
+        lines.append("      " + ", ".join(f"{k}={v}" for k, v in values.items()))
+    return "\n".join(lines)
+
+
 def parse_args(argv=None):
-    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                      epilog=presets_help())
     # Every option defaults to None, meaning "the preset's (or the resumed run's) value".
     p.add_argument("--device", choices=backend.DEVICES, help="cpu (NumPy) or gpu (CuPy)")
-    p.add_argument("--model", choices=MODELS, help="cnn (Table 3) or resnet (Table 4); default cnn")
+    p.add_argument("--preset", choices=tuple(PRESETS),
+                   help="the configuration to reproduce (see the list below); default cnn, or --model's "
+                        "legacy preset (cnn, resnet) when only --model is given")
+    p.add_argument("--model", choices=MODELS,
+                   help="the architecture, overriding the preset's: cnn (Table 3), resnet (Table 4), "
+                        "sndcgan (chainer-gan-lib)")
     p.add_argument("--loss", choices=tuple(LOSSES))
     p.add_argument("--iterations", type=int, help="generator updates")
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=int, help="real (and generated) images per D update")
+    p.add_argument("--g-batch-size", type=int,
+                   help="generated images per G update, also G's BN batch (default: the preset's; 0 = --batch-size)")
+    p.add_argument("--z-dist", choices=Z_DISTRIBUTIONS, help="z ~ N(0, I) (normal) or U(-1, 1) (uniform)")
+    p.add_argument("--pixels", choices=PIXEL_MAPPINGS,
+                   help="real images as p/127.5-1 (unit) or p/128-1+U(0,1/128) noise (dequantized, sngan_projection)")
+    p.add_argument("--d-final-bias", choices=("yes", "no"), help="a bias on D's final dense layer")
     p.add_argument("--lr", type=float)
     p.add_argument("--beta1", type=float)
     p.add_argument("--beta2", type=float)
@@ -67,7 +91,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int)
     p.add_argument("--data", help="cifar-10-python.tar.gz or its extracted folder (default: ./data)")
     p.add_argument("--download", action="store_true", help="download the official archive into --data (or ./data)")
-    p.add_argument("--out", help="run directory (default: runs/<model>-<date>-<time>)")
+    p.add_argument("--out", help="run directory (default: runs/<preset>-<date>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     p.add_argument("--log-every", type=int)
     p.add_argument("--sample-every", type=int)
@@ -76,7 +100,10 @@ def parse_args(argv=None):
                    help="also a checkpoint when this many minutes have passed since the last one (default 10; 0: off)")
     p.add_argument("--eval-every", type=int, help="SWD and spectral diagnostics every N iterations (0: off)")
     p.add_argument("--eval-images", type=int, help="real and generated images used for SWD")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.d_final_bias is not None:
+        args.d_final_bias = args.d_final_bias == "yes"
+    return args
 
 
 CONFIG_OPTIONS = [f.name for f in dataclasses.fields(TrainConfig)]
@@ -111,12 +138,12 @@ def build_config(args):
     """
     given = {name: getattr(args, name) for name in CONFIG_OPTIONS if getattr(args, name, None) is not None}
     if not args.resume:
-        model = given.pop("model", "cnn")
-        if model not in PRESETS:
-            raise UsageError(f"argument --model: must be one of {', '.join(PRESETS)}")
-        config = preset_config(model, **given)
+        preset = given.pop("preset", None)
+        if preset is None:  # earlier npsn: --model alone chose its preset
+            preset = given["model"] if given.get("model") in PRESETS else "cnn"
+        config = preset_config(preset, **given)
         check_values(config, given, "the preset")
-        out = args.out or os.path.join("runs", f"{model}-{time.strftime('%Y%m%d-%H%M%S')}")
+        out = args.out or os.path.join("runs", f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}")
         check_new_run_dir(out)
         return config, out, None
 
@@ -126,7 +153,7 @@ def build_config(args):
     check_resume_dir(run_dir)
     config_path = os.path.join(run_dir, "config.json")
     stored = read_config_json(run_dir)
-    unknown = sorted(set(stored) - set(CONFIG_OPTIONS) - {"data"})
+    unknown = sorted(set(stored) - set(CONFIG_OPTIONS) - {"data", "source"})
     if unknown:
         raise UsageError(f"{config_path} has unknown settings {', '.join(unknown)} (damaged, or from another "
                          f"version of npsn); correct that file")
@@ -219,9 +246,12 @@ def main(argv=None):
             os.remove(tmp)
             print(f"note: removed {tmp} (a partial checkpoint left by a process killed during a save)",
                   file=sys.stderr)
-        write_json_atomic(os.path.join(out_dir, "config.json"), dict(dataclasses.asdict(config), data=data))
+        source = PRESET_SOURCES.get(config.preset, "no preset")
+        write_json_atomic(os.path.join(out_dir, "config.json"), dict(dataclasses.asdict(config), data=data,
+                                                                     source=source))
         print(f"npsn: {'resuming' if args.resume else 'training'} {config.model} on {len(images)} CIFAR-10 images "
               f"({data}), device {config.device}, run dir {out_dir}")
+        print(f"preset {config.preset or '(none)'}: {source}")
         print("settings: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(config).items()))
         if args.resume:
             print(f"resuming from iteration {trainer.iteration} of {config.iterations}")

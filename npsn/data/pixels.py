@@ -5,6 +5,9 @@ exactly). The inverse rounds to the nearest pixel and clips: p = clip(rint((x + 
 with ``rint``'s round-half-to-even. Every pixel survives the round trip:
 ``unit_to_pixels(pixels_to_unit(p, xp)) == p``.
 
+:func:`pixels_to_dequantized` is sngan_projection's training mapping (``datasets/cifar10.py``:
+``x = p / 128 - 1`` plus U(0, 1/128) noise per value), used by the ``sngan-projection-resnet`` preset.
+
 The real images go through :func:`pixels_to_unit` (training batches, the evaluation's real
 images); generated images go through :func:`unit_to_pixels` (PNG grids, SWD, ``.npz`` samples).
 """
@@ -50,3 +53,29 @@ def unit_to_pixels(images):
     xp = get_array_module(images)
     # p = clip(rint((x + 1) * 127.5), 0, 255)
     return xp.clip(xp.rint((images + 1) * 127.5), 0, 255).astype(np.uint8)
+
+
+def pixels_to_dequantized(images_uint8, rng, xp, dtype=np.float32):
+    """uint8 pixels -> ``p / 128 - 1 + u`` with u ~ U(0, 1/128) per value, on the device of ``xp``.
+
+    sngan_projection's ``CIFAR10Dataset.get_example`` (datasets/cifar10.py):
+    ``image = np.asarray(x / 128. - 1., np.float32); image += np.random.uniform(size=image.shape,
+    low=0., high=1. / 128)``. Each pixel value's interval [p/128 - 1, (p+1)/128 - 1) is filled
+    uniformly, so the values lie in [-1, 1).
+
+    Args:
+        images_uint8: ``uint8`` array (N, 3, 32, 32) (NumPy or CuPy).
+        rng: a NumPy ``Generator`` on the host: the noise is drawn there (float32, the same on CPU
+            and GPU) so that a checkpoint of its state resumes the stream exactly.
+        xp: ``numpy`` or ``cupy``.
+    """
+    if images_uint8.dtype != np.uint8:
+        raise TypeError(f"pixels_to_dequantized expects uint8 images, got {images_uint8.dtype}")
+    noise = rng.random(tuple(images_uint8.shape), dtype=np.float32)
+    x = xp.asarray(images_uint8).astype(dtype)
+    # x <- p / 128 - 1 + u,  u = U(0, 1) / 128
+    x /= 128
+    x -= 1
+    noise /= 128
+    x += xp.asarray(noise.astype(dtype, copy=False))
+    return x

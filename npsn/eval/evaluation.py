@@ -26,7 +26,7 @@ from npsn.eval.spectral import (
 )
 from npsn.eval.swd import sliced_wasserstein
 from npsn.gan.checkpoint import load_checkpoint, unflatten
-from npsn.gan.models import build_gan
+from npsn.gan.models import gan_from_config, sample_latent
 
 GENERATION_CHUNK = 250  # images generated per forward of G
 GRADIENT_BATCH = 64  # real and generated images for the gradient-norm estimate
@@ -102,7 +102,7 @@ def make_evaluator(config, images_uint8):
     """The evaluation callable for a :class:`~npsn.gan.trainer.Trainer`: ``evaluator(trainer) -> dict``.
 
     Args:
-        config: the run's :class:`~npsn.gan.trainer.TrainConfig` (``eval_images``, ``seed``, ``z_dim``, ``device``).
+        config: the run's :class:`~npsn.gan.trainer.TrainConfig` (``eval_images``, ``seed``, ``z_dim``, ``z_dist``, ``device``).
         images_uint8: the training images, uint8 (N, 3, 32, 32) NCHW on the host.
     Returns:
         a function of the trainer returning :func:`diagnose`'s dict for images of trainer.G (eval mode) and trainer.D.
@@ -118,7 +118,7 @@ def make_evaluator(config, images_uint8):
     xp = backend.xp_for(config.device)
     real_uint8 = xp.asarray(real_subset(images_uint8, config.eval_images, [config.seed, 4]))
     z = backend.to_device(
-        np.random.default_rng([config.seed, 5]).standard_normal((config.eval_images, config.z_dim)).astype(np.float32),
+        sample_latent(np.random.default_rng([config.seed, 5]), config.eval_images, config.z_dim, config.z_dist),
         config.device)
 
     def evaluate(trainer):
@@ -160,8 +160,7 @@ def load_run(path, device="cpu"):
         config = meta["config"]
     except Exception as exc:  # zip, JSON or key errors from a truncated or foreign file
         raise RunError(f"{checkpoint}: cannot read the checkpoint ({type(exc).__name__}: {exc})") from None
-    G, D = build_gan(config["model"], z_dim=config["z_dim"], g_ch=config["g_ch"], d_ch=config["d_ch"],
-                     sn=config["sn"], seed=config["seed"])
+    G, D = gan_from_config(config)  # the run's architecture (model, widths, sn_mode, d_final_bias)
     G.load_state_dict(unflatten("G", arrays))
     D.load_state_dict(unflatten("D", arrays))
     return config, G.to(device), D.to(device), meta

@@ -1,14 +1,29 @@
-"""The standard CNN generator and discriminator of Miyato et al. (2018), Table 3.
+"""The standard CNN of Miyato et al. (2018), Table 3, and chainer-gan-lib's SN-DCGAN.
 
-Both are :class:`~npsn.nn.module.Sequential`, so parameter names are PyTorch's for the same
+Two readings of "the standard CNN":
+
+* :func:`cnn_generator` / :func:`cnn_discriminator` (model ``cnn``): the paper's Table 3. D's
+  widths 64, 64, 128, 128, 256, 256, 512 and LeakyReLU(0.1) are the table's. G's BN and ReLU
+  after the dense layer are npsn's addition (the table lists the dense layer alone); npsn
+  normalizes the 512 channels after the reshape (``dense_bn="channels"``), which is *not* what the
+  authors' code does.
+* :func:`sndcgan_generator` / :func:`sndcgan_discriminator` (model ``sndcgan``): the authors'
+  pfnet-research/chainer-gan-lib ``common/net.py``, ``DCGANGenerator`` and ``SNDCGANDiscriminator``:
+  BatchNorm over each of the 4*4*512 dense outputs before the reshape (``bn0 =
+  L.BatchNormalization(bottom_width * bottom_width * ch)``), a 3x3 stride-1 *deconvolution* to 3
+  channels (``dc4``), D widths 64, 128, 128, 256, 256, 512, 512 (``ch // 8`` ... ``ch`` with
+  ``ch=512``) and ``F.leaky_relu``'s default slope 0.2.
+
+All are :class:`~npsn.nn.module.Sequential`, so parameter names are PyTorch's for the same
 ``nn.Sequential`` ("0.weight", "2.running_mean", ...); the layout layers (Reshape,
 ToChannelsFirst/Last) have no parameters and correspond to ``nn.Unflatten``/``nn.Identity``.
-Initialization: N(0, 0.02) weights and zero biases, as in DCGAN and the authors' Chainer code.
+Initialization: N(0, 0.02) weights and zero biases, as in chainer-gan-lib (``initialW =
+chainer.initializers.Normal(0.02)``; Chainer's default bias is 0).
 """
 
 from npsn.nn import init
 from npsn.nn.activations import LeakyReLU, ReLU, Tanh
-from npsn.nn.batchnorm import BatchNorm2d
+from npsn.nn.batchnorm import BatchNorm1d, BatchNorm2d
 from npsn.nn.conv import Conv2d, ConvTranspose2d
 from npsn.nn.init import init_normal
 from npsn.nn.linear import Linear
@@ -17,33 +32,67 @@ from npsn.nn.reshape import Flatten, Reshape, ToChannelsFirst, ToChannelsLast
 from npsn.nn.spectral_norm import SpectralNorm
 
 
-def cnn_generator(z_dim=128, ch=512, bottom=4, rng=None):
+DENSE_BN = ("channels", "features")
+
+
+def cnn_generator(z_dim=128, ch=512, bottom=4, rng=None, dense_bn="channels", output_layer="conv"):
     """G: z (N, z_dim) -> images (N, 3, 32, 32) in [-1, 1] (NCHW).
 
-    dense -> 4x4x512 (BN, ReLU, as in the authors' code; Table 3 lists the dense alone)
-    -> three 4x4 stride-2 deconvolutions to 256, 128, 64 channels, each with BN and ReLU
-    -> 3x3 convolution to 3 channels -> tanh.
+    dense -> 4x4x512 with BN and ReLU -> three 4x4 stride-2 deconvolutions to 256, 128, 64 channels,
+    each with BN and ReLU -> 3x3 stride-1 convolution to 3 channels -> tanh.
+
+    Args:
+        dense_bn: where the BN after the dense layer normalizes. "channels" (the default, model
+            ``cnn``): BatchNorm2d over the 512 channels after the reshape, npsn's choice (Table 3
+            lists the dense layer without BN or ReLU). "features": BatchNorm1d over each of the
+            bottom*bottom*ch dense outputs before the reshape, as chainer-gan-lib's ``DCGANGenerator``
+            (``bn0``), so 2*8192 affine parameters instead of 2*512.
+        output_layer: "conv" (Table 3's "3x3, stride=1 conv. 3") or "deconv" (chainer-gan-lib's
+            ``dc4 = L.Deconvolution2D(ch // 8, 3, 3, 1, 1)``; its weight is (64, 3, 3, 3) as Chainer's).
     """
+    if dense_bn not in DENSE_BN:
+        raise ValueError(f"dense_bn must be one of {', '.join(DENSE_BN)}, got {dense_bn!r}")
     rng = rng or init.default_rng()
     c = [ch, ch // 2, ch // 4, ch // 8]
+    if dense_bn == "channels":
+        bottom_layers = [Reshape(ch, bottom, bottom), BatchNorm2d(ch), ReLU()]
+    else:
+        bottom_layers = [BatchNorm1d(bottom * bottom * ch), ReLU(), Reshape(ch, bottom, bottom)]
+    output = {"conv": Conv2d, "deconv": ConvTranspose2d}[output_layer]
+    # layers are built in this order, which fixes how they draw from rng (the same seed, the same weights)
     return Sequential(
         init_normal(Linear(z_dim, bottom * bottom * ch, rng=rng), rng),
-        Reshape(ch, bottom, bottom),
-        BatchNorm2d(ch), ReLU(),
+        *bottom_layers,
         init_normal(ConvTranspose2d(c[0], c[1], 4, 2, 1, rng=rng), rng), BatchNorm2d(c[1]), ReLU(),
         init_normal(ConvTranspose2d(c[1], c[2], 4, 2, 1, rng=rng), rng), BatchNorm2d(c[2]), ReLU(),
         init_normal(ConvTranspose2d(c[2], c[3], 4, 2, 1, rng=rng), rng), BatchNorm2d(c[3]), ReLU(),
-        init_normal(Conv2d(c[3], 3, 3, 1, 1, rng=rng), rng),
+        init_normal(output(c[3], 3, 3, 1, 1, rng=rng), rng),
         Tanh(),
         ToChannelsFirst(),
     )
 
 
-def cnn_discriminator(ch=64, sn=True, slope=0.1, image_size=32, rng=None, sn_mode="matrix"):
+def sndcgan_generator(z_dim=128, ch=512, bottom=4, rng=None):
+    """chainer-gan-lib's ``DCGANGenerator`` (common/net.py, defaults n_hidden=128, ch=512, bottom_width=4):
+    dense -> BatchNorm1d(4*4*512) -> ReLU -> reshape -> three 4x4 stride-2 deconvolutions with BN, ReLU
+    -> 3x3 stride-1 deconvolution to 3 -> tanh."""
+    return cnn_generator(z_dim, ch, bottom, rng, dense_bn="features", output_layer="deconv")
+
+
+WIDTHS = {  # D's seven convolutions as multiples of the base width ch
+    "paper": (1, 1, 2, 2, 4, 4, 8),  # Table 3: 64, 64, 128, 128, 256, 256, 512
+    "chainer-gan-lib": (1, 2, 2, 4, 4, 8, 8),  # SNDCGANDiscriminator: ch//8, ch//4, ch//4, ... with ch=512
+}
+
+
+def cnn_discriminator(ch=64, sn=True, slope=0.1, image_size=32, rng=None, sn_mode="matrix", widths="paper",
+                      final_bias=True):
     """D: images (N, 3, 32, 32) (NCHW) -> logits (N, 1). Every layer spectral-normalized when ``sn``.
 
     conv 3x3 s1 64 -> 4x4 s2 64 -> 3x3 s1 128 -> 4x4 s2 128 -> 3x3 s1 256 -> 4x4 s2 256 -> 3x3 s1 512,
-    LeakyReLU(0.1) after each -> dense -> 1.
+    LeakyReLU(0.1) after each -> dense -> 1 (Table 3; ``widths="paper"``). ``widths="chainer-gan-lib"``
+    gives 64, 128, 128, 256, 256, 512, 512 (:func:`sndcgan_discriminator`); ``final_bias=False``
+    drops the dense layer's bias.
 
     ``sn_mode`` is :class:`SpectralNorm`'s ``mode``; each convolution gets its input shape (from
     ``image_size``), so operator-mode vectors exist from construction (and checkpoints load before any forward).
@@ -55,15 +104,22 @@ def cnn_discriminator(ch=64, sn=True, slope=0.1, image_size=32, rng=None, sn_mod
         layer = init_normal(layer, rng)
         return SpectralNorm(layer, rng=rng, mode=sn_mode, input_shape=input_shape) if sn else layer
 
-    c = [ch, ch * 2, ch * 4, ch * 8]
+    w = [ch * m for m in WIDTHS[widths]]
     layers = [ToChannelsLast()]
-    spec = [(3, c[0], 3, 1), (c[0], c[0], 4, 2), (c[0], c[1], 3, 1), (c[1], c[1], 4, 2),
-            (c[1], c[2], 3, 1), (c[2], c[2], 4, 2), (c[2], c[3], 3, 1)]
+    spec = [(cin, cout, k, s) for cin, cout, k, s in zip([3] + w[:-1], w, (3, 4, 3, 4, 3, 4, 3), (1, 2, 1, 2, 1, 2, 1))]
     size = image_size
     for cin, cout, k, s in spec:
         layers += [wrap(Conv2d(cin, cout, k, s, 1, rng=rng), (1, size, size, cin)), LeakyReLU(slope)]
         # Ho = floor((H + 2p - k) / s) + 1 with p = 1
         size = (size + 2 - k) // s + 1
     bottom = image_size // 8
-    layers += [Flatten(), wrap(Linear(bottom * bottom * c[3], 1, rng=rng))]
+    layers += [Flatten(), wrap(Linear(bottom * bottom * w[-1], 1, bias=final_bias, rng=rng))]
     return Sequential(*layers)
+
+
+def sndcgan_discriminator(ch=64, sn=True, image_size=32, rng=None, sn_mode="matrix", final_bias=True):
+    """chainer-gan-lib's ``SNDCGANDiscriminator`` (common/net.py, ch=512 there = 8 * our base 64): SN convolutions
+    3x3 s1 64, 4x4 s2 128, 3x3 s1 128, 4x4 s2 256, 3x3 s1 256, 4x4 s2 512, 3x3 s1 512, each followed by
+    ``F.leaky_relu`` (slope 0.2, Chainer's default), then an SN dense layer to 1 (with bias)."""
+    return cnn_discriminator(ch, sn=sn, slope=0.2, image_size=image_size, rng=rng, sn_mode=sn_mode,
+                             widths="chainer-gan-lib", final_bias=final_bias)

@@ -1,23 +1,57 @@
-"""The model registry: ``build_gan("cnn" | "resnet", ...) -> (G, D)``."""
+"""The model registry: ``build_gan("cnn" | "resnet" | "sndcgan", ...) -> (G, D)``, and the latent distributions.
+
+* ``cnn``: the paper's standard CNN (Table 3), npsn's reading of it (see :mod:`npsn.gan.cnn`);
+* ``resnet``: the paper's ResNet (Table 4) as in sngan_projection (``d_final_bias=False`` is the
+  authors' bias-free final dense layer of D);
+* ``sndcgan``: chainer-gan-lib's SN-DCGAN (``common/net.py``: ``DCGANGenerator`` and
+  ``SNDCGANDiscriminator``).
+"""
 import numpy as np
 
-from npsn.gan.cnn import cnn_discriminator, cnn_generator
+from npsn.gan.cnn import cnn_discriminator, cnn_generator, sndcgan_discriminator, sndcgan_generator
 from npsn.gan.resnet import resnet_discriminator, resnet_generator
 from npsn.nn.spectral_norm import SN_MODES
 
-MODELS = ("cnn", "resnet")
-DEFAULT_WIDTHS = {"cnn": (512, 64), "resnet": (256, 128)}  # (G ch, D ch) of the paper
+MODELS = ("cnn", "resnet", "sndcgan")
+DEFAULT_WIDTHS = {"cnn": (512, 64), "resnet": (256, 128), "sndcgan": (512, 64)}  # (G ch, D ch) of each source
+Z_DISTRIBUTIONS = ("normal", "uniform")  # z ~ N(0, I) (the paper, sngan_projection) or U(-1, 1) (chainer-gan-lib)
 
 
-def build_gan(name, z_dim=128, g_ch=None, d_ch=None, sn=True, seed=0, sn_mode="matrix"):
+def sample_latent(rng, n, z_dim, distribution="normal"):
+    """n latent vectors (n, z_dim) float32 from the NumPy Generator ``rng``: N(0, I) or U(-1, 1) per coordinate.
+
+    "normal" is ``rng.standard_normal`` (the paper's z); "uniform" is ``rng.uniform(-1, 1)``, as
+    chainer-gan-lib's ``DCGANGenerator.make_hidden`` (its default ``z_distribution="uniform"``).
+
+    >>> sample_latent(np.random.default_rng(0), 2, 3, "uniform").shape
+    (2, 3)
+    """
+    if distribution == "normal":
+        return rng.standard_normal((n, z_dim)).astype(np.float32)
+    if distribution == "uniform":
+        return rng.uniform(-1.0, 1.0, (n, z_dim)).astype(np.float32)
+    raise ValueError(f"unknown z distribution {distribution!r}: choose one of {', '.join(Z_DISTRIBUTIONS)}")
+
+
+def gan_from_config(config):
+    """``build_gan`` with the architecture fields of a run's config (a TrainConfig or its dict; older runs'
+    dicts lack d_final_bias and sn_mode and get their defaults)."""
+    get = config.get if isinstance(config, dict) else lambda name, default=None: getattr(config, name, default)
+    return build_gan(get("model"), z_dim=get("z_dim", 128), g_ch=get("g_ch", 0), d_ch=get("d_ch", 0),
+                     sn=get("sn", True), seed=get("seed", 0), sn_mode=get("sn_mode", "matrix"),
+                     d_final_bias=get("d_final_bias", True))
+
+
+def build_gan(name, z_dim=128, g_ch=None, d_ch=None, sn=True, seed=0, sn_mode="matrix", d_final_bias=True):
     """Build the paper's generator and discriminator on the host, float32.
 
     Args:
-        name: "cnn" (Table 3) or "resnet" (Table 4).
+        name: "cnn" (Table 3), "resnet" (Table 4) or "sndcgan" (chainer-gan-lib's SN-DCGAN).
         g_ch, d_ch: base widths (default: the paper's); smaller values make quick test models.
         sn: spectral-normalize every discriminator layer (``False`` for comparisons).
         sn_mode: what sigma measures for D's convolutions, one of ``SN_MODES``: "matrix" (the paper's
             reshaped kernel) or "operator" (the convolution as a map on images; see SpectralNorm).
+        d_final_bias: whether D's final dense layer has a bias (sngan_projection's ResNet D has none).
         seed: seeds the initial weights (and SN's u, v): the same seed gives the same models.
     Returns:
         (G, D): G maps z (N, z_dim) to NCHW images in [-1, 1]; D maps NCHW images to logits (N, 1).
@@ -43,6 +77,11 @@ def build_gan(name, z_dim=128, g_ch=None, d_ch=None, sn=True, seed=0, sn_mode="m
     g_ch, d_ch = g_ch or g_default, d_ch or d_default
     rng_g, rng_d = (np.random.default_rng([seed, i]) for i in (0, 1))
     if name == "cnn":
-        return cnn_generator(z_dim, g_ch, rng=rng_g), cnn_discriminator(d_ch, sn=sn, rng=rng_d, sn_mode=sn_mode)
-    return resnet_generator(z_dim, g_ch, rng=rng_g), resnet_discriminator(d_ch, sn=sn, rng=rng_d, sn_mode=sn_mode)
+        return cnn_generator(z_dim, g_ch, rng=rng_g), cnn_discriminator(d_ch, sn=sn, rng=rng_d, sn_mode=sn_mode,
+                                                                        final_bias=d_final_bias)
+    if name == "sndcgan":
+        return (sndcgan_generator(z_dim, g_ch, rng=rng_g),
+                sndcgan_discriminator(d_ch, sn=sn, rng=rng_d, sn_mode=sn_mode, final_bias=d_final_bias))
+    return resnet_generator(z_dim, g_ch, rng=rng_g), resnet_discriminator(d_ch, sn=sn, rng=rng_d, sn_mode=sn_mode,
+                                                                          final_bias=d_final_bias)
 

@@ -4,7 +4,10 @@
 Blocks are :class:`~npsn.nn.residual.Residual` modules whose branches are Sequentials, so parameter
 names read like ``1.residual.3.weight_orig`` and ``1.shortcut.1.bias``. Initialization is Glorot
 uniform as in the authors' code: gain sqrt(2) for the 3x3 convolutions inside blocks, gain 1
-for shortcuts, the dense layers and the output convolution; biases 0.
+for shortcuts, the dense layers and the output convolution; biases 0 (gen_models/resblocks.py,
+dis_models/resblocks.py, gen_models/resnet_32.py, dis_models/snresnet_32.py). Differences from that
+code: D's final dense layer has a bias unless ``final_bias=False`` (the authors' has none; the
+``sngan-projection-resnet`` preset sets it), and BatchNorm's eps is PyTorch's 1e-5 (Chainer's is 2e-5).
 """
 import math
 
@@ -103,12 +106,14 @@ def resnet_generator(z_dim=128, ch=256, bottom=4, rng=None):
     )
 
 
-def resnet_discriminator(ch=128, sn=True, rng=None, sn_mode="matrix"):
+def resnet_discriminator(ch=128, sn=True, rng=None, sn_mode="matrix", final_bias=True):
     """D: images (N, 3, 32, 32) (NCHW) -> logits (N, 1).
 
     optimized down-block (32 -> 16), down-block (16 -> 8), two plain blocks, ReLU, global sum pooling,
     dense -> 1; every convolution and the dense layer spectral-normalized when ``sn`` (``sn_mode``:
-    SpectralNorm's mode; each convolution gets its input shape).
+    SpectralNorm's mode; each convolution gets its input shape). ``final_bias=False`` is the authors'
+    dense layer (dis_models/snresnet_32.py: ``SNLinear(ch, 1, ..., nobias=True)``); npsn's ``resnet``
+    preset keeps a bias (``final_bias=True``) so that its earlier runs load.
     """
     rng = rng or init.default_rng()
     make = _maker(rng, sn, sn_mode)
@@ -120,5 +125,5 @@ def resnet_discriminator(ch=128, sn=True, rng=None, sn_mode="matrix"):
         discriminator_block(ch, ch, rng, sn, sn_mode=sn_mode, size=8),
         ReLU(),
         GlobalSumPool2d(),
-        make(Linear(ch, 1, rng=rng)),
+        make(Linear(ch, 1, bias=final_bias, rng=rng)),
     )

@@ -18,11 +18,11 @@ import numpy as np
 
 from npsn import backend
 from npsn.data.cifar10 import MinibatchStream
-from npsn.data.pixels import pixels_to_unit
+from npsn.data.pixels import pixels_to_dequantized, pixels_to_unit
 from npsn.gan.checkpoint import flatten, load_checkpoint, save_checkpoint, unflatten
 from npsn.gan.rundir import read_log
 from npsn.gan.losses import get_loss
-from npsn.gan.models import build_gan
+from npsn.gan.models import gan_from_config, sample_latent
 from npsn.gan.updates import TrainingDiverged, check_finite, discriminator_update, gan_iteration, generator_update
 from npsn.nn.spectral_norm import spectral_layers
 from npsn.optim import Adam
@@ -31,22 +31,28 @@ from npsn.utils.progress import ProgressBar
 
 
 LR_DECAYS = ("none", "linear")  # learning-rate schedules (Trainer.learning_rate)
+PIXEL_MAPPINGS = ("unit", "dequantized")  # npsn.data.pixels: p / 127.5 - 1, or p / 128 - 1 + U(0, 1/128)
 
 
 @dataclasses.dataclass
 class TrainConfig:
-    """Every setting of a run; ``PRESETS`` fill in the paper's values per model, the command line overrides them."""
+    """Every setting of a run; a preset of ``PRESETS`` fills in its source's values, the command line overrides them."""
 
+    preset: str = "cnn"  # the PRESETS entry the run started from ("" for none)
     model: str = "cnn"
     loss: str = "hinge"
     iterations: int = 100_000  # generator updates
-    batch_size: int = 64
+    batch_size: int = 64  # real and generated images per D update
+    g_batch_size: int = 0  # generated images per G update (G's BN statistics too); 0 = batch_size
     lr: float = 2e-4
     beta1: float = 0.5
     beta2: float = 0.999
     n_dis: int = 1  # discriminator updates per generator update
     lr_decay: str = "none"  # one of LR_DECAYS: "none", or "linear" (to 0 at the last iteration)
     z_dim: int = 128
+    z_dist: str = "normal"  # one of npsn.gan.models.Z_DISTRIBUTIONS: "normal" N(0, I) or "uniform" U(-1, 1)
+    pixels: str = "unit"  # one of PIXEL_MAPPINGS: how real images become D's inputs
+    d_final_bias: bool = True  # a bias on D's final dense layer (sngan_projection's ResNet D has none)
     g_ch: int = 0  # base widths; 0 = the paper's
     d_ch: int = 0
     sn: bool = True
@@ -62,36 +68,80 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values):
+        """The config of a dict; a run of an older npsn (no ``preset`` key) started from its model's preset."""
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names})
+        values = {k: v for k, v in values.items() if k in names}
+        if "preset" not in values:
+            values["preset"] = values.get("model", cls.model) if values.get("model", cls.model) in LEGACY_PRESETS else ""
+        return cls(**values)
 
+
+_PAPER_CNN = dict(model="cnn", n_dis=1, lr=2e-4, beta1=0.5, beta2=0.999, lr_decay="none", batch_size=64,
+                  g_batch_size=64, iterations=100_000, z_dist="normal", pixels="unit", d_final_bias=True)
 
 PRESETS = {
-    # Miyato et al. 2018, setting C of Table 1: hinge loss, Adam(2e-4, 0.5, 0.999), n_dis 1.
-    "cnn": dict(loss="hinge", lr=2e-4, beta1=0.5, beta2=0.999, n_dis=1, lr_decay="none",
-                batch_size=64, iterations=100_000),
-    # The authors' CIFAR-10 ResNet config (sngan_projection): Adam(2e-4, 0, 0.9), n_dis 5, linear decay.
-    "resnet": dict(loss="hinge", lr=2e-4, beta1=0.0, beta2=0.9, n_dis=5, lr_decay="linear",
-                   batch_size=64, iterations=50_000),
+    # Earlier npsn presets, kept byte for byte so that their runs and checkpoints resume exactly.
+    "cnn": dict(_PAPER_CNN, loss="hinge"),
+    "resnet": dict(model="resnet", loss="hinge", lr=2e-4, beta1=0.0, beta2=0.9, n_dis=5, lr_decay="linear",
+                   batch_size=64, g_batch_size=64, iterations=50_000, z_dist="normal", pixels="unit",
+                   d_final_bias=True),
+    # The paper's standard CNN (Table 3) for each objective of its Table 2, with Table 1's setting C.
+    "paper-cnn-hinge": dict(_PAPER_CNN, loss="hinge"),
+    "paper-cnn-nonsaturating": dict(_PAPER_CNN, loss="nonsaturating"),
+    # pfnet-research/chainer-gan-lib, example.sh: train.py --algorithm stdgan --architecture sndcgan
+    # --n_dis 1 --adam_beta1 0.5 --adam_beta2 0.999 (alpha 0.0002, batchsize 64, max_iter 100000 by default).
+    "chainer-gan-lib-sndcgan": dict(model="sndcgan", loss="nonsaturating", lr=2e-4, beta1=0.5, beta2=0.999, n_dis=1,
+                                    lr_decay="none", batch_size=64, g_batch_size=64, iterations=100_000,
+                                    z_dist="uniform", pixels="unit", d_final_bias=True),
+    # pfnet-research/sngan_projection, configs/sn_cifar10_unconditional.yml (+ train.py, updater.py,
+    # datasets/cifar10.py, dis_models/snresnet_32.py).
+    "sngan-projection-resnet": dict(model="resnet", loss="hinge", lr=2e-4, beta1=0.0, beta2=0.9, n_dis=5,
+                                    lr_decay="linear", batch_size=64, g_batch_size=128, iterations=50_000,
+                                    z_dist="normal", pixels="dequantized", d_final_bias=False),
+}
+LEGACY_PRESETS = ("cnn", "resnet")
+
+# What each preset reproduces, in one line (``--help``, the run's config.json "source", the README's tables).
+PRESET_SOURCES = {
+    "cnn": "npsn's earlier default = paper-cnn-hinge: Table 3 CNN, hinge loss, Adam(2e-4, 0.5, 0.999), n_dis 1, "
+           "batch 64, 100k",
+    "resnet": "npsn's earlier ResNet: sngan_projection's hyperparameters with one batch of 64 for G and D, a bias "
+              "on D's dense layer and pixels p/127.5-1 (use sngan-projection-resnet for the authors' run)",
+    "paper-cnn-hinge": "arXiv 1802.05957, Table 3 standard CNN, Table 2 row 'SN-GANs (hinge loss)', Table 1 "
+                       "setting C: Adam(2e-4, 0.5, 0.999), n_dis 1, batch 64, 100k G updates",
+    "paper-cnn-nonsaturating": "arXiv 1802.05957, Table 3 standard CNN, Table 2 row 'SN-GANs' (non-saturating loss), "
+                        "Table 1 setting C: Adam(2e-4, 0.5, 0.999), n_dis 1, batch 64, 100k G updates",
+    "chainer-gan-lib-sndcgan": "pfnet-research/chainer-gan-lib example.sh 'stdgan --architecture sndcgan': "
+                               "common/net.py DCGANGenerator + SNDCGANDiscriminator, non-saturating loss, "
+                               "z ~ U(-1, 1), Adam(2e-4, 0.5, 0.999), n_dis 1, batch 64, 100k",
+    "sngan-projection-resnet": "pfnet-research/sngan_projection configs/sn_cifar10_unconditional.yml: ResNet, "
+                               "hinge, Adam(2e-4, 0, 0.9), n_dis 5, D batch 64, G batch 128, no bias on D's "
+                               "dense layer, pixels p/128-1+U(0,1/128), linear decay over 50k G updates",
 }
 
 
-def preset_config(model, **overrides):
-    """The preset of ``model`` with ``overrides`` (keys whose value is None are ignored)."""
-    values = dict(PRESETS[model], model=model)
+def preset_config(preset, **overrides):
+    """The preset named ``preset`` (a key of PRESETS) with ``overrides`` (keys whose value is None are ignored)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
+    values = dict(PRESETS[preset], preset=preset)
     values.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig.from_dict(values)
 
 
+# The fields that decide the models' layers and shapes: a checkpoint loads only into the same ones.
+ARCHITECTURE_FIELDS = ("model", "z_dim", "g_ch", "d_ch", "sn", "sn_mode", "d_final_bias")
+
 # Options a resumed run may change: how long it trains, its learning-rate schedule, what it
 # writes and when, and where it runs. Every other option of TrainConfig (model, loss, widths,
-# z_dim, sn, sn_mode, batch size, betas, n_dis, seed) is fixed by its checkpoint.
+# z_dim, sn, sn_mode, batch sizes, betas, n_dis, seed, preset, z_dist, pixels, d_final_bias) is fixed by its
+# checkpoint: they decide the architecture, the draws from the random streams, or what a G update averages over.
 RESUMABLE_OPTIONS = ("iterations", "lr", "lr_decay", "device", "log_every", "sample_every", "checkpoint_every",
                      "checkpoint_minutes", "eval_every", "eval_images")
 
 # {option: (its lowest value, whether that value itself is allowed)}; beta1 and beta2 must also be < 1
 _LOWER_BOUNDS = {
-    "iterations": (1, True), "batch_size": (1, True), "lr": (0, False), "beta1": (0, True), "beta2": (0, True),
+    "iterations": (1, True), "batch_size": (1, True), "g_batch_size": (0, True), "lr": (0, False), "beta1": (0, True), "beta2": (0, True),
     "n_dis": (1, True), "z_dim": (1, True), "g_ch": (0, True), "d_ch": (0, True), "seed": (0, True),
     "log_every": (1, True), "sample_every": (0, True), "checkpoint_every": (0, True),
     "checkpoint_minutes": (0, True), "eval_every": (0, True), "eval_images": (1, True),
@@ -107,9 +157,10 @@ def config_problems(config):
     [('batch_size', 'must be at least 1, got 0'), ('beta2', 'must be in [0, 1), got 1.0')]
     """
     from npsn.gan.losses import LOSSES
-    from npsn.gan.models import MODELS
+    from npsn.gan.models import MODELS, Z_DISTRIBUTIONS
 
-    choices = {"model": tuple(MODELS), "loss": tuple(LOSSES), "lr_decay": LR_DECAYS, "device": backend.DEVICES}
+    choices = {"model": tuple(MODELS), "loss": tuple(LOSSES), "lr_decay": LR_DECAYS, "device": backend.DEVICES,
+               "preset": tuple(PRESETS) + ("",), "z_dist": Z_DISTRIBUTIONS, "pixels": PIXEL_MAPPINGS}
     try:
         from npsn.nn.spectral_norm import SN_MODES
         choices["sn_mode"] = tuple(SN_MODES)
@@ -158,8 +209,7 @@ class Trainer:
         self.out_dir = out_dir
         self.xp = backend.xp_for(config.device)
         c = config
-        self.G, self.D = build_gan(c.model, z_dim=c.z_dim, g_ch=c.g_ch, d_ch=c.d_ch, sn=c.sn, seed=c.seed,
-                                  sn_mode=c.sn_mode)
+        self.G, self.D = gan_from_config(c)
         self.G.to(c.device)
         self.D.to(c.device)
         self.d_loss, self.g_loss = get_loss(c.loss)
@@ -168,8 +218,11 @@ class Trainer:
         self.images = self.xp.asarray(images)  # uint8 on the device: 150 MB for CIFAR-10's training split
         self.stream = MinibatchStream(len(images), c.batch_size, c.seed)
         self.noise = np.random.default_rng([c.seed, 2])  # z is drawn on the host: the same on CPU and GPU
-        self.z_fixed = backend.to_device(
-            np.random.default_rng([c.seed, 3]).standard_normal((64, c.z_dim)).astype(np.float32), c.device)
+        # the dequantization noise of the real images (pixels="dequantized"), checkpointed like the others
+        self.pixel_noise = np.random.default_rng([c.seed, 6])
+        self.g_batch_size = c.g_batch_size or c.batch_size
+        self.z_fixed = backend.to_device(sample_latent(np.random.default_rng([c.seed, 3]), 64, c.z_dim, c.z_dist),
+                                         c.device)
         self.iteration = 0
         self.saved_iteration = None  # the iteration of the checkpoint on disk (None: none written yet)
         self.evaluator = None
@@ -188,15 +241,22 @@ class Trainer:
 
     # ------------------------------------------------------------------ one update each
     def real_batch(self):
-        """The next minibatch of real images: NCHW float32 in [-1, 1] on the device."""
+        """The next minibatch of real images: NCHW float32 in [-1, 1] on the device (``config.pixels``:
+        p / 127.5 - 1, or p / 128 - 1 + U(0, 1/128) with the noise from ``self.pixel_noise``)."""
         idx = self.xp.asarray(self.stream.next_indices())
+        if self.config.pixels == "dequantized":
+            return pixels_to_dequantized(self.images[idx], self.pixel_noise, self.xp)
         return pixels_to_unit(self.images[idx], self.xp)
 
     def sample_z(self, n=None):
-        """n z ~ N(0, I) (default: a batch), drawn on the host, on the device: (n, z_dim) float32."""
+        """n z (default: a D batch) from ``config.z_dist``, drawn on the host, on the device: (n, z_dim) float32."""
         n = self.config.batch_size if n is None else n
-        return backend.to_device(self.noise.standard_normal((n, self.config.z_dim)).astype(np.float32),
+        return backend.to_device(sample_latent(self.noise, n, self.config.z_dim, self.config.z_dist),
                                  self.config.device)
+
+    def sample_g_z(self):
+        """The z of a G update: ``g_batch_size`` of them (sngan_projection's ``n_gen_samples``)."""
+        return self.sample_z(self.g_batch_size)
 
     def d_step(self):
         """One discriminator update alone (timed by ``scripts/bench.py``); returns the 0-d loss."""
@@ -204,7 +264,7 @@ class Trainer:
 
     def g_step(self):
         """One generator update alone through a frozen D (timed by ``scripts/bench.py``); returns the 0-d loss."""
-        return generator_update(self.G, self.D, self.opt_g, self.g_loss, self.sample_z())
+        return generator_update(self.G, self.D, self.opt_g, self.g_loss, self.sample_g_z())
 
     def learning_rate(self, iteration):
         """lr at a (0-based) iteration: constant ("none"), or decayed linearly to 0 at the last one ("linear")."""
@@ -225,7 +285,7 @@ class Trainer:
         lr = self.learning_rate(self.iteration)
         self.opt_d.lr = self.opt_g.lr = lr
         loss_d, loss_g = gan_iteration(self.G, self.D, self.opt_d, self.opt_g, (self.d_loss, self.g_loss),
-                                       self.config.n_dis, self.real_batch, self.sample_z)
+                                       self.config.n_dis, self.real_batch, self.sample_z, self.sample_g_z)
         self.iteration += 1
         # one small device-to-host transfer per iteration: the two losses, to detect divergence
         return check_finite(loss_d, loss_g, self.iteration)
@@ -250,7 +310,8 @@ class Trainer:
         arrays.update(flatten("opt_d", self.opt_d.state_dict()))
         arrays.update(flatten("stream", self.stream.state_dict()))
         meta = {"iteration": self.iteration, "config": dataclasses.asdict(self.config),
-                "noise_state": self.noise.bit_generator.state}
+                "noise_state": self.noise.bit_generator.state,
+                "pixel_noise_state": self.pixel_noise.bit_generator.state}
         save_checkpoint(self.checkpoint_path, arrays, meta)
         self.saved_iteration = self.iteration  # only once the file is in place
         self._last_save = time.monotonic()
@@ -259,6 +320,11 @@ class Trainer:
         """Restore everything from a checkpoint. Keys, shapes and dtypes are checked against this
         trainer's models, optimizers and stream (KeyError, ValueError or TypeError when they differ)."""
         arrays, meta = load_checkpoint(path)
+        trained = meta.get("config", {})
+        for name in ARCHITECTURE_FIELDS:
+            if name in trained and trained[name] != getattr(self.config, name):
+                raise ValueError(f"the checkpoint holds {name}={trained[name]!r} but this run builds "
+                                 f"{name}={getattr(self.config, name)!r}")
         for prefix, module in (("G", self.G), ("D", self.D)):
             own = module.state_dict()
             for key, value in unflatten(prefix, arrays).items():
@@ -270,6 +336,8 @@ class Trainer:
         self.opt_d.load_state_dict(unflatten("opt_d", arrays))
         self.stream.load_state_dict(unflatten("stream", arrays))
         self.noise.bit_generator.state = meta["noise_state"]
+        if "pixel_noise_state" in meta:  # absent from checkpoints of older npsn (which never drew from it)
+            self.pixel_noise.bit_generator.state = meta["pixel_noise_state"]
         self.iteration = self.saved_iteration = int(meta["iteration"])
 
     def save_samples(self, name):

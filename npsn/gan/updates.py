@@ -50,7 +50,7 @@ def generator_update(G, D, opt_g, g_loss, z):
     return loss
 
 
-def gan_iteration(G, D, opt_d, opt_g, loss, n_dis, next_real, next_z):
+def gan_iteration(G, D, opt_d, opt_g, loss, n_dis, next_real, next_z, next_g_z=None):
     """``n_dis`` D updates, then one G update on fresh z; returns the last 0-d ``(loss_d, loss_g)``.
 
     Args:
@@ -58,17 +58,19 @@ def gan_iteration(G, D, opt_d, opt_g, loss, n_dis, next_real, next_z):
         loss: the pair ``(d_loss, g_loss)`` of :func:`npsn.gan.losses.get_loss`.
         n_dis: discriminator updates per generator update (at least 1).
         next_real: ``next_real()`` -> the next real batch, on the models' device.
-        next_z: ``next_z()`` -> the next batch of z, on the models' device.
+        next_z: ``next_z()`` -> the next batch of z for a D update, on the models' device.
+        next_g_z: ``next_g_z()`` -> the z of the G update (default ``next_z``); its own batch size makes
+            sngan_projection's G batch of 128 beside D batches of 64.
 
     The random draws happen in this fixed order, which exact resuming relies on: for each D
-    update, ``next_real()`` then ``next_z()``; then ``next_z()`` for the G update.
+    update, ``next_real()`` then ``next_z()``; then ``next_g_z()`` for the G update.
     """
     d_loss, g_loss = loss
     for _ in range(n_dis):
         x_real = next_real()
         z = next_z()
         loss_d = discriminator_update(G, D, opt_d, d_loss, x_real, z)
-    loss_g = generator_update(G, D, opt_g, g_loss, next_z())
+    loss_g = generator_update(G, D, opt_g, g_loss, (next_g_z or next_z)())
     return loss_d, loss_g
 
 
