@@ -62,7 +62,8 @@ def paper_cnn_discriminator():
 
 
 def resnet_generator(ch=256):
-    """sngan_projection ResNetGenerator(ch=256, dim_z=128, bottom_width=4): l1, block2..4 (b1, c1, b2, c2, c_sc), b5, c5."""
+    """sngan_projection ResNetGenerator(ch=256, dim_z=128, bottom_width=4): l1, block2..4 (b1, c1, b2, c2, c_sc),
+    b5, c5."""
     block = bn(ch) + conv(ch, ch, 3) + bn(ch) + conv(ch, ch, 3) + conv(ch, ch, 1)
     return [(16 * ch, 128), (16 * ch,)] + 3 * block + bn(ch) + conv(3, ch, 3)
 

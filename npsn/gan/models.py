@@ -43,7 +43,7 @@ def gan_from_config(config):
 
 
 def build_gan(name, z_dim=128, g_ch=None, d_ch=None, sn=True, seed=0, sn_mode="matrix", d_final_bias=True):
-    """Build the paper's generator and discriminator on the host, float32.
+    """Build a generator and discriminator on the host, float32 (the sources are in the module docstring).
 
     Args:
         name: "cnn" (Table 3), "resnet" (Table 4) or "sndcgan" (chainer-gan-lib's SN-DCGAN).

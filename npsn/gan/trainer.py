@@ -1,7 +1,8 @@
 """Training an SN-GAN: the configuration, its presets, and a resumable training loop.
 
-One *iteration* is ``n_dis`` discriminator updates followed by one generator update (the
-paper's Algorithm 1 with Adam: :func:`npsn.gan.updates.gan_iteration`). A run directory holds
+One *iteration* is ``n_dis`` discriminator updates followed by one generator update, each with
+Adam (:func:`npsn.gan.updates.gan_iteration`; the authors' updaters run the G update first in each
+iteration, the same alternation shifted by one update). A run directory holds
 ``config.json``, ``log.jsonl`` (one JSON object per logged iteration), PNG sample grids from a
 fixed z, and ``checkpoint.npz``: G and D (with SN's u, v and BN's running statistics), both
 optimizers' moments, the data order and noise generator states, and the iteration. Resuming
@@ -53,7 +54,7 @@ class TrainConfig:
     z_dist: str = "normal"  # one of npsn.gan.models.Z_DISTRIBUTIONS: "normal" N(0, I) or "uniform" U(-1, 1)
     pixels: str = "unit"  # one of PIXEL_MAPPINGS: how real images become D's inputs
     d_final_bias: bool = True  # a bias on D's final dense layer (sngan_projection's ResNet D has none)
-    g_ch: int = 0  # base widths; 0 = the paper's
+    g_ch: int = 0  # base widths; 0 = the model's source's (npsn.gan.models.DEFAULT_WIDTHS)
     d_ch: int = 0
     sn: bool = True
     sn_mode: str = "matrix"  # one of npsn.nn.spectral_norm.SN_MODES: "matrix" (the paper) or "operator"
@@ -72,7 +73,8 @@ class TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in values.items() if k in names}
         if "preset" not in values:
-            values["preset"] = values.get("model", cls.model) if values.get("model", cls.model) in LEGACY_PRESETS else ""
+            model = values.get("model", cls.model)
+            values["preset"] = model if model in LEGACY_PRESETS else ""
         return cls(**values)
 
 
@@ -85,7 +87,8 @@ PRESETS = {
     "resnet": dict(model="resnet", loss="hinge", lr=2e-4, beta1=0.0, beta2=0.9, n_dis=5, lr_decay="linear",
                    batch_size=64, g_batch_size=64, iterations=50_000, z_dist="normal", pixels="unit",
                    d_final_bias=True),
-    # The paper's standard CNN (Table 3) for each objective of its Table 2, with Table 1's setting C.
+    # The paper's standard CNN (Table 3) for each objective of its Table 2, with Table 1's setting C (the paper's
+    # values as quoted in issue 14; README "Fidelity" says what was verified where).
     "paper-cnn-hinge": dict(_PAPER_CNN, loss="hinge"),
     "paper-cnn-nonsaturating": dict(_PAPER_CNN, loss="nonsaturating"),
     # pfnet-research/chainer-gan-lib, example.sh: train.py --algorithm stdgan --architecture sndcgan
@@ -107,9 +110,9 @@ PRESET_SOURCES = {
            "batch 64, 100k",
     "resnet": "npsn's earlier ResNet: sngan_projection's hyperparameters with one batch of 64 for G and D, a bias "
               "on D's dense layer and pixels p/127.5-1 (use sngan-projection-resnet for the authors' run)",
-    "paper-cnn-hinge": "arXiv 1802.05957, Table 3 standard CNN, Table 2 row 'SN-GANs (hinge loss)', Table 1 "
+    "paper-cnn-hinge": "arXiv 1802.05957, Table 3 standard CNN, Table 2's hinge-loss SN-GANs row, Table 1 "
                        "setting C: Adam(2e-4, 0.5, 0.999), n_dis 1, batch 64, 100k G updates",
-    "paper-cnn-nonsaturating": "arXiv 1802.05957, Table 3 standard CNN, Table 2 row 'SN-GANs' (non-saturating loss), "
+    "paper-cnn-nonsaturating": "arXiv 1802.05957, Table 3 standard CNN, Table 2's SN-GANs row (non-saturating loss), "
                         "Table 1 setting C: Adam(2e-4, 0.5, 0.999), n_dis 1, batch 64, 100k G updates",
     "chainer-gan-lib-sndcgan": "pfnet-research/chainer-gan-lib example.sh 'stdgan --architecture sndcgan': "
                                "common/net.py DCGANGenerator + SNDCGANDiscriminator, non-saturating loss, "
@@ -141,7 +144,8 @@ RESUMABLE_OPTIONS = ("iterations", "lr", "lr_decay", "device", "log_every", "sam
 
 # {option: (its lowest value, whether that value itself is allowed)}; beta1 and beta2 must also be < 1
 _LOWER_BOUNDS = {
-    "iterations": (1, True), "batch_size": (1, True), "g_batch_size": (0, True), "lr": (0, False), "beta1": (0, True), "beta2": (0, True),
+    "iterations": (1, True), "batch_size": (1, True), "g_batch_size": (0, True), "lr": (0, False),
+    "beta1": (0, True), "beta2": (0, True),
     "n_dis": (1, True), "z_dim": (1, True), "g_ch": (0, True), "d_ch": (0, True), "seed": (0, True),
     "log_every": (1, True), "sample_every": (0, True), "checkpoint_every": (0, True),
     "checkpoint_minutes": (0, True), "eval_every": (0, True), "eval_images": (1, True),

@@ -2,8 +2,10 @@
 
 :func:`discriminator_update` and :func:`generator_update` take the models, one optimizer and one
 loss function from :mod:`npsn.gan.losses`, and return the 0-d loss (no host transfer).
-:func:`gan_iteration` is one iteration of the SN-GAN paper's Algorithm 1: ``n_dis`` D updates,
-then one G update. :func:`check_finite` is the divergence check: the one host transfer of the
+:func:`gan_iteration` is one training iteration: ``n_dis`` D updates, then one G update (the
+paper's n_dis; the authors' updaters, sngan_projection ``updater.py`` and chainer-gan-lib
+``stdgan/updater.py``, run the G update first within an iteration: the same alternation shifted by
+one update). :func:`check_finite` is the divergence check: the one host transfer of the
 two losses, raising :class:`TrainingDiverged` when either is NaN or infinite.
 """
 import math
