@@ -307,3 +307,20 @@ def test_a_checkpoint_of_another_architecture_is_one_error(images, tmp_path):
 def test_sequential_models():
     G, D = gan_from_config(tiny("chainer-gan-lib-sndcgan"))
     assert isinstance(G, Sequential) and isinstance(D, Sequential)
+
+
+@pytest.mark.parametrize("name, kwargs", [("sndcgan", {}), ("resnet", {"d_final_bias": False})])
+def test_new_model_variants_match_pytorch(name, kwargs):
+    """BatchNorm1d over the dense outputs, the 3x3 stride-1 deconvolution, slope 0.2, the bias-free SN dense layer:
+    forward and backward against the PyTorch mirror in float64."""
+    pytest.importorskip("torch")
+    from npsn.gan.models import build_gan
+    from npsn.testing.torch_reference import compare_forward_backward
+    G, D = build_gan(name, g_ch=16, d_ch=8, **kwargs)
+    G.to(dtype=np.float64)
+    D.to(dtype=np.float64)
+    z = np.random.default_rng(0).uniform(-1, 1, (4, 128))
+    x = np.random.default_rng(1).standard_normal((4, 3, 32, 32))
+    for model, inputs in ((G, z), (D, x)):
+        errors = compare_forward_backward(model, inputs, grad_scale="module")
+        assert max(errors.values()) < 1e-12, errors
