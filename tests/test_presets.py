@@ -324,3 +324,27 @@ def test_new_model_variants_match_pytorch(name, kwargs):
     for model, inputs in ((G, z), (D, x)):
         errors = compare_forward_backward(model, inputs, grad_scale="module")
         assert max(errors.values()) < 1e-12, errors
+
+
+def test_a_run_of_the_earlier_npsn_resumes_exactly(images, tmp_path):
+    """A config.json and checkpoint written before the presets (no preset, g_batch_size, z_dist, pixels,
+    d_final_bias, source, pixel_noise_state) resume as the `cnn` preset and reproduce the uninterrupted run."""
+    from npsn.gan.checkpoint import save_checkpoint
+    archive, imgs = images
+    config = tiny("cnn", iterations=4)
+    straight = Trainer(config, imgs, str(tmp_path / "straight"))
+    straight.run(progress=False)
+    split = str(tmp_path / "split")
+    Trainer(config, imgs, split).run(until=2, progress=False)
+    new_fields = ("preset", "g_batch_size", "z_dist", "pixels", "d_final_bias")
+    old_config = {k: v for k, v in config.__dict__.items() if k not in new_fields}
+    with open(os.path.join(split, "config.json"), "w") as f:
+        json.dump(dict(old_config, data=os.path.abspath(archive)), f)
+    path = os.path.join(split, "checkpoint.npz")
+    arrays, meta = load_checkpoint(path)
+    meta = {"iteration": meta["iteration"], "config": old_config, "noise_state": meta["noise_state"]}
+    save_checkpoint(path, arrays, meta)
+    assert run_script("--resume", split) == 0
+    assert log_losses(split) == log_losses(straight.out_dir)
+    with open(os.path.join(split, "config.json")) as f:
+        assert json.load(f)["preset"] == "cnn"

@@ -79,13 +79,14 @@ class TrainConfig:
 
 
 _PAPER_CNN = dict(model="cnn", n_dis=1, lr=2e-4, beta1=0.5, beta2=0.999, lr_decay="none", batch_size=64,
-                  g_batch_size=64, iterations=100_000, z_dist="normal", pixels="unit", d_final_bias=True)
+                  g_batch_size=0, iterations=100_000, z_dist="normal", pixels="unit", d_final_bias=True)
 
 PRESETS = {
+    # g_batch_size=0: the G update uses --batch-size z (as npsn always did); only sngan_projection's differs.
     # Earlier npsn presets, kept byte for byte so that their runs and checkpoints resume exactly.
     "cnn": dict(_PAPER_CNN, loss="hinge"),
     "resnet": dict(model="resnet", loss="hinge", lr=2e-4, beta1=0.0, beta2=0.9, n_dis=5, lr_decay="linear",
-                   batch_size=64, g_batch_size=64, iterations=50_000, z_dist="normal", pixels="unit",
+                   batch_size=64, g_batch_size=0, iterations=50_000, z_dist="normal", pixels="unit",
                    d_final_bias=True),
     # The paper's standard CNN (Table 3) for each objective of its Table 2, with Table 1's setting C (the paper's
     # values as quoted in issue 14; README "Fidelity" says what was verified where).
@@ -94,7 +95,7 @@ PRESETS = {
     # pfnet-research/chainer-gan-lib, example.sh: train.py --algorithm stdgan --architecture sndcgan
     # --n_dis 1 --adam_beta1 0.5 --adam_beta2 0.999 (alpha 0.0002, batchsize 64, max_iter 100000 by default).
     "chainer-gan-lib-sndcgan": dict(model="sndcgan", loss="nonsaturating", lr=2e-4, beta1=0.5, beta2=0.999, n_dis=1,
-                                    lr_decay="none", batch_size=64, g_batch_size=64, iterations=100_000,
+                                    lr_decay="none", batch_size=64, g_batch_size=0, iterations=100_000,
                                     z_dist="uniform", pixels="unit", d_final_bias=True),
     # pfnet-research/sngan_projection, configs/sn_cifar10_unconditional.yml (+ train.py, updater.py,
     # datasets/cifar10.py, dis_models/snresnet_32.py).
