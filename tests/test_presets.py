@@ -12,8 +12,6 @@ same as PyTorch's, hence npsn's), layer by layer:
 import collections
 import json
 import os
-import runpy
-import sys
 
 import numpy as np
 import pytest
@@ -23,9 +21,8 @@ from npsn.gan.checkpoint import load_checkpoint
 from npsn.gan.models import gan_from_config, sample_latent
 from npsn.gan.trainer import PRESET_SOURCES, PRESETS, Trainer, TrainConfig, preset_config
 from npsn.nn.module import Sequential
+from test_train import run_script
 
-SCRIPT = os.path.join(os.path.dirname(__file__), "..", "scripts", "train_cifar.py")
-sys.path.insert(0, os.path.dirname(SCRIPT))
 
 
 def conv(cout, cin, k, bias=True):
@@ -236,18 +233,6 @@ def test_dequantized_pixels_fill_each_pixels_interval(images, tmp_path):
     assert x.dtype == np.float32 and np.all(x >= low) and np.all(x < low + 1 / 128 + 1e-6)
     assert np.all(x > low) or np.mean(x > low) > 0.99  # noise was added
     assert x.min() >= -1 and x.max() < 1
-
-
-def run_script(*argv):
-    old = sys.argv
-    sys.argv = [SCRIPT, *argv]
-    try:
-        runpy.run_path(SCRIPT, run_name="__main__")
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    finally:
-        sys.argv = old
-    return 0
 
 
 def log_losses(run_dir):

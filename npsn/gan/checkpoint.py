@@ -44,9 +44,20 @@ def save_checkpoint(path, arrays, meta):
         break
     if tmp is None:
         raise FileExistsError(f"{folder}: cannot create a temporary checkpoint file")
+    replace_atomically(tmp, path, lambda: os.fdopen(fd, "wb"),
+                       lambda f: np.savez(f, meta=np.asarray(json.dumps(meta)), **arrays))
+    _fsync_folder(folder)
+
+
+def replace_atomically(tmp, path, open_tmp, write):
+    """Fill the temporary file ``tmp`` with ``write(file)``, flush and fsync it, then rename it over ``path``.
+
+    ``open_tmp()`` opens ``tmp`` for writing. On any exception (a full disk, Ctrl-C) ``tmp`` is
+    removed and ``path`` is left as it was; the exception propagates.
+    """
     try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, meta=np.asarray(json.dumps(meta)), **arrays)
+        with open_tmp() as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -54,7 +65,6 @@ def save_checkpoint(path, arrays, meta):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
-    _fsync_folder(folder)
 
 
 def _fsync_folder(folder):

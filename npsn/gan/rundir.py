@@ -11,7 +11,7 @@ import json
 import os
 import zipfile
 
-from npsn.gan.checkpoint import load_checkpoint
+from npsn.gan.checkpoint import load_checkpoint, replace_atomically
 
 TEMP_PATTERN = ".checkpoint-*.tmp"  # npsn.gan.checkpoint.save_checkpoint's temporary files
 
@@ -126,14 +126,9 @@ def stale_temp_files(run_dir):
 def write_json_atomic(path, values):
     """Write ``values`` as indented JSON to ``path`` through a temporary file and ``os.replace``."""
     tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "w") as f:
-            json.dump(values, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+
+    def write(f):
+        json.dump(values, f, indent=2)
+        f.write("\n")
+
+    replace_atomically(tmp, path, lambda: open(tmp, "w"), write)
