@@ -290,16 +290,21 @@ def test_a_full_disk_at_a_save_stops_with_the_last_good_checkpoint(archive, tmp_
     assert load_checkpoint(os.path.join(out, "checkpoint.npz"))[1]["iteration"] == 2
 
 
-def test_a_second_signal_during_the_final_save_claims_no_checkpoint(archive, tmp_path, monkeypatch, capsys):
-    fail_save_at(monkeypatch, 3, KeyboardInterrupt())  # the save after the first Ctrl-C is interrupted too
+def interrupt_at_iteration(monkeypatch, iteration):
+    """Make Trainer.train_iteration raise KeyboardInterrupt (a Ctrl-C) once ``iteration`` updates are done."""
     real_iteration = Trainer.train_iteration
 
     def interrupted(self):
-        if self.iteration == 3:
+        if self.iteration == iteration:
             raise KeyboardInterrupt
         return real_iteration(self)
 
     monkeypatch.setattr(Trainer, "train_iteration", interrupted)
+
+
+def test_a_second_signal_during_the_final_save_claims_no_checkpoint(archive, tmp_path, monkeypatch, capsys):
+    fail_save_at(monkeypatch, 3, KeyboardInterrupt())  # the save after the first Ctrl-C is interrupted too
+    interrupt_at_iteration(monkeypatch, 3)
     out = str(tmp_path / "run")
     code = run_main("train_cifar.py", "--data", archive, *TINY, "--iterations", "6", "--checkpoint-every", "2",
                     "--out", out)
@@ -310,14 +315,7 @@ def test_a_second_signal_during_the_final_save_claims_no_checkpoint(archive, tmp
 
 
 def test_an_interrupt_writes_a_checkpoint_and_a_grid(archive, tmp_path, monkeypatch, capsys):
-    real_iteration = Trainer.train_iteration
-
-    def interrupted(self):
-        if self.iteration == 3:
-            raise KeyboardInterrupt
-        return real_iteration(self)
-
-    monkeypatch.setattr(Trainer, "train_iteration", interrupted)
+    interrupt_at_iteration(monkeypatch, 3)
     out = str(tmp_path / "run")
     assert run_main("train_cifar.py", "--data", archive, *TINY[:-4], "--iterations", "6", "--out", out) == 130
     assert "checkpoint written" in capsys.readouterr().err
