@@ -345,58 +345,47 @@ class SpectralNorm(Module):
     # ------------------------------------------------------------------ forward / backward
     def forward(self, x):
         if self.operator:
-            return self._operator_forward(x)
-        if self.training:
-            self.power_iteration()
-        # sigma = u^T W v ;  W_SN = W / sigma
-        W_sn, sigma = self.normalized_weight()
+            if (1,) + tuple(x.shape[1:]) != self.input_shape:  # first forward, or a new input shape: new u, v
+                self._reset_operator_vectors(x.shape)
+            # one step in training; sigma = <u, A_W v> ;  W_SN = W / sigma
+            sigma, u, v, saved_v = self._operator_sigma(self.n_power_iterations if self.training else 0)
+            W_sn = self.weight_orig.data / get_array_module(sigma).maximum(sigma, self.eps)
+            dsigma_inputs = dict(u=u, saved_v=saved_v)  # d sigma/dW is the weight gradient at (v, u)
+        else:
+            if self.training:
+                self.power_iteration()
+            # sigma = u^T W v ;  W_SN = W / sigma
+            W_sn, sigma = self.normalized_weight()
+            dsigma_inputs = dict(u=self.weight_u, v=self.weight_v)  # d sigma/dW = u v^T
         self._sigma = sigma
-        self.last_input_shape = tuple(x.shape)
-        self.save_for_backward(u=self.weight_u, v=self.weight_v, sigma=sigma, W_sn=W_sn)
+        self.last_input_shape = tuple(x.shape)  # for diagnostics (operator norms)
+        self.save_for_backward(sigma=sigma, W_sn=W_sn, **dsigma_inputs)
         return self.module.forward_with(x, W_sn)
 
-    def _operator_forward(self, x):
-        shape = (1,) + tuple(x.shape[1:])
-        if shape != self.input_shape:  # first forward, or a new input shape: new u, v (and warm-up)
-            self._reset_operator_vectors(x.shape)
-        # one step in training; sigma = <u, A_W v> ;  W_SN = W / sigma
-        sigma, u, v, saved_v = self._operator_sigma(self.n_power_iterations if self.training else 0)
-        xp = get_array_module(sigma)
-        W_sn = self.weight_orig.data / xp.maximum(sigma, self.eps)
-        self._sigma = sigma
-        self.last_input_shape = tuple(x.shape)
-        self.save_for_backward(u=u, saved_v=saved_v, sigma=sigma, W_sn=W_sn)
-        return self.module.forward_with(x, W_sn)
+    def _dsigma_dW(self, saved):
+        """Operator mode: d sigma/dW = d<u, A_W v>/dW, the layer's weight gradient for input v and upstream gradient u.
 
-    def _operator_weight_grad(self, G, saved):
-        """Operator mode: dL/dW = (G - <G, W_SN> d sigma/dW) / sigma, for G = dL/dW_SN (see the class docstring)."""
-        xp = get_array_module(G)
-        sigma = xp.maximum(saved.sigma, self.eps)
-        # a sigma clamped to eps is a constant: then there is no term through sigma
-        through_sigma = (saved.sigma > self.eps).astype(G.dtype)
-        # d sigma/dW = d<u, A_W v>/dW: the layer's weight gradient for input v, upstream gradient u (it does not
-        # depend on the weight passed: the map is linear in W, whose array only gives the shape)
-        _, dsigma_dW = self.module.linear_backward_with(saved.u, saved.W_sn, self.input_shape[1:3], saved.saved_v,
-                                                        input_grad=False, weight_grad=True)
-        # dL/dW = (G - <G, W_SN> d sigma/dW) / sigma
-        return (G - through_sigma * xp.sum(G * saved.W_sn) * dsigma_dW) / sigma
+        It does not depend on the weight array passed (the map is linear in W; the array gives the shape).
+        """
+        return self.module.linear_backward_with(saved.u, saved.W_sn, self.input_shape[1:3], saved.saved_v,
+                                                input_grad=False, weight_grad=True)[1]
 
     def backward(self, grad_out):
         saved = self.saved()
         with input_grad(self.module, self.needs_input_grad):
             grad_in, grad_w_sn = self.module.backward_with(grad_out)
-        if grad_w_sn is not None and self.operator:
-            self.weight_orig.accumulate_grad(self._operator_weight_grad(grad_w_sn, saved))
-        elif grad_w_sn is not None:  # None when weight_orig.requires_grad is False
+        if grad_w_sn is None:  # weight_orig.requires_grad is False
+            return grad_in
+        if self.operator:
+            grad_W = _through_sigma(grad_w_sn, saved.W_sn, self._dsigma_dW(saved), saved.sigma, self.eps)
+        else:
             xp = get_array_module(grad_w_sn)
-            G = reshape_weight_to_matrix(grad_w_sn, self.dim)
-            W_sn = reshape_weight_to_matrix(saved.W_sn, self.dim)
-            u, v, sigma = saved.u, saved.v, xp.maximum(saved.sigma, self.eps)
-            # a sigma clamped to eps is a constant: then there is no term through sigma
-            through_sigma = (saved.sigma > self.eps).astype(G.dtype)
-            # dL/dW = (G - <G, W_SN> u v^T) / sigma   (Eq. 12)
-            grad_W = (G - through_sigma * xp.sum(G * W_sn) * xp.outer(u, v)) / sigma
-            self.weight_orig.accumulate_grad(matrix_to_weight(grad_W, self.weight_orig.data.shape, self.dim))
+            # in the (h, w) matrix view, where d sigma/dW = u v^T        (Eq. 12)
+            grad_matrix = _through_sigma(reshape_weight_to_matrix(grad_w_sn, self.dim),
+                                         reshape_weight_to_matrix(saved.W_sn, self.dim),
+                                         xp.outer(saved.u, saved.v), saved.sigma, self.eps)
+            grad_W = matrix_to_weight(grad_matrix, self.weight_orig.data.shape, self.dim)
+        self.weight_orig.accumulate_grad(grad_W)
         return grad_in
 
     # ------------------------------------------------------------------ module plumbing
@@ -408,6 +397,18 @@ class SpectralNorm(Module):
     def extra_repr(self):
         text = f"{self.module!r}, n_power_iterations={self.n_power_iterations}, dim={self.dim}, eps={self.eps}"
         return text + (f", mode='operator', input_shape={self.input_shape}" if self.operator else "")
+
+
+def _through_sigma(G, W_sn, dsigma_dW, sigma, eps):
+    """dL/dW = (G - <G, W_SN> d sigma/dW) / sigma for G = dL/dW_SN (Eq. 12 with d sigma/dW = u v^T in matrix mode).
+
+    G, W_sn and dsigma_dW have one shape. A sigma below ``eps`` was clamped to eps, a constant: then
+    there is no term through sigma and dL/dW = G / eps.
+    """
+    xp = get_array_module(G)
+    through_sigma = (sigma > eps).astype(G.dtype)
+    # dL/dW = (G - <G, W_SN> d sigma/dW) / sigma
+    return (G - through_sigma * xp.sum(G * W_sn) * dsigma_dW) / xp.maximum(sigma, eps)
 
 
 def spectral_norm(layer, n_power_iterations=1, eps=1e-12, dim=None, rng=None, mode="matrix", input_shape=None):
