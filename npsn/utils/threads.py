@@ -197,7 +197,10 @@ def _store(results, out):
     """``results``, or, with ``out``, the results written into ``out`` and ``out`` returned."""
     if out is None:
         return results
-    for o, r in zip(_as_tuple(out), _as_tuple(results), strict=True):
+    outs, results = _as_tuple(out), _as_tuple(results)
+    if len(outs) != len(results):
+        raise ValueError(f"elementwise function returned {len(results)} results for {len(outs)} outputs")
+    for o, r in zip(outs, results):
         o[...] = r
     return out
 
