@@ -78,7 +78,7 @@ def build(args):
         if args.out:
             raise UsageError("--out and --resume exclude each other: a resumed run stays in its own folder")
         if given:
-            raise UsageError(f"--resume continues a run with its own settings; drop "
+            raise UsageError("--resume continues a run with its own settings; drop "
                              + ", ".join("--" + k.replace("_", "-") for k in given))
         out = args.resume
         check_resume_dir(out)

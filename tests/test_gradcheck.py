@@ -9,6 +9,7 @@ import pytest
 import npsn
 from gradcheck import check_module_gradients
 from npsn.nn.activations import Scale
+from npsn.nn.maxpool import MaxPool2d
 from npsn.backend import to_device
 from npsn.gan.resnet import discriminator_block, generator_block, optimized_discriminator_block
 
@@ -54,6 +55,7 @@ LAYERS = [
     ("ToChannelsLast", lambda rng: npsn.ToChannelsLast(), (2, 3, 4, 5)),
     ("ToChannelsFirst", lambda rng: npsn.ToChannelsFirst(), (2, 3, 4, 5)),
     ("AvgPool2d(2)", lambda rng: npsn.AvgPool2d(2), (2, 4, 6, 3)),
+    ("MaxPool2d(2)", lambda rng: MaxPool2d(2), (2, 4, 6, 3)),
     ("Upsample(2)", lambda rng: npsn.Upsample(2), (2, 3, 2, 3)),
     ("GlobalSumPool2d", lambda rng: npsn.GlobalSumPool2d(), (2, 3, 4, 3)),
     ("Sequential", lambda rng: npsn.Sequential(npsn.Linear(4, 6, rng=rng), npsn.Tanh(), npsn.Linear(6, 2, rng=rng)),

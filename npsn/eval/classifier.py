@@ -22,8 +22,6 @@ hand-written gradient; :func:`load_classifier` reads a checkpoint written by
 """
 import os
 
-import numpy as np
-
 from npsn.backend import get_array_module
 from npsn.gan.checkpoint import load_checkpoint, unflatten
 from npsn.nn import AvgPool2d, BatchNorm2d, Conv2d, Flatten, Linear, ReLU, Sequential, ToChannelsLast
