@@ -12,6 +12,9 @@
   ``log.jsonl``, and the checkpoint ``checkpoint.npz`` (model, optimizer, minibatch stream and
   augmentation generator), so ``--resume`` continues exactly where the last epoch ended.
 
+Training runs on the host (NumPy); the trained classifier runs on either device
+(:func:`npsn.eval.classifier.load_classifier` takes the device).
+
 Invariant of a run folder between epochs: ``checkpoint.npz`` holds the state after
 ``meta["epoch"]`` complete epochs and ``log.jsonl`` one line per such epoch.
 """
@@ -195,17 +198,18 @@ def train(run, train_data, test_data, log=print, progress=True):
             run.optimizer.step()
             run.optimizer.zero_grad()
             step += 1
-            loss_sum += float(loss)
-            correct += int((logits.argmax(axis=1) == y).sum())
-            if bar is not None:
+            # sums kept as arrays: read once per epoch (and when the bar redraws), never a host sync per step
+            loss_sum = loss_sum + loss
+            correct = correct + (logits.argmax(axis=1) == y).sum()
+            if bar is not None and time.perf_counter() - bar.last_draw >= bar.interval:
                 images_per_second = config.batch_size * (step - session_first_step) / (time.perf_counter() - session_start)
                 bar.update(step, images_per_second, f"loss {float(loss):.3f} lr {run.optimizer.lr:.4f}")
         run.epoch += 1
         run.seconds += time.perf_counter() - t0
         test_accuracy = accuracy(run.net, *test_data)
         run.net.train()
-        record = {"epoch": run.epoch, "iteration": step, "train_loss": loss_sum / steps_per_epoch,
-                  "train_accuracy": correct / (steps_per_epoch * config.batch_size),
+        record = {"epoch": run.epoch, "iteration": step, "train_loss": float(loss_sum) / steps_per_epoch,
+                  "train_accuracy": int(correct) / (steps_per_epoch * config.batch_size),
                   "test_accuracy": test_accuracy, "seconds": round(run.seconds, 1)}
         with open(os.path.join(run.out, "log.jsonl"), "a") as f:
             f.write(json.dumps(record) + "\n")
