@@ -17,6 +17,7 @@ from npsn.nn.im2col import col2im, im2col
 from npsn.nn.init import manual_seed
 from npsn.nn.linear import Linear
 from npsn.nn.module import BackwardWithoutForwardError, Module, Parameter, Sequential, input_grad
+from npsn.nn.maxpool import MaxPool2d
 from npsn.nn.pooling import AvgPool2d, GlobalSumPool2d, Upsample
 from npsn.nn.reshape import Flatten, Reshape, ToChannelsFirst, ToChannelsLast
 from npsn.nn.residual import Residual

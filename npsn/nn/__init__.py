@@ -9,6 +9,7 @@ from npsn.nn.batchnorm import BatchNorm1d, BatchNorm2d
 from npsn.nn.conv import Conv2d, ConvTranspose2d
 from npsn.nn.linear import Linear
 from npsn.nn.module import BackwardWithoutForwardError, Module, Parameter, Sequential, input_grad
+from npsn.nn.maxpool import MaxPool2d
 from npsn.nn.pooling import AvgPool2d, GlobalSumPool2d, Upsample
 from npsn.nn.reshape import Flatten, Reshape, ToChannelsFirst, ToChannelsLast
 from npsn.nn.residual import Residual
