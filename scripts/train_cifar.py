@@ -3,6 +3,8 @@
     python scripts/train_cifar.py --device cpu --data ../shared/data/cifar-10-python.tar.gz
     python scripts/train_cifar.py --device gpu --preset sngan-projection-resnet --download
     python scripts/train_cifar.py --resume runs/cnn-20261123-120000
+    python scripts/train_cifar.py --conditional --data ../shared/data/cifar-10-python.tar.gz
+    python scripts/train_cifar.py --device gpu --preset sngan-projection-resnet-conditional --download
 
 --preset names the configuration a run reproduces (default cnn; the presets and their sources are
 listed at the end of this help, and the run's config.json records "preset" and "source"). The
@@ -15,8 +17,14 @@ reads its config.json (which records the data's absolute path) and checkpoint, c
 and continues; of its options only these may change on resume: --iterations, --lr, --lr-decay,
 --device, --log-every, --sample-every, --checkpoint-every, --checkpoint-minutes, --eval-every,
 --eval-images (and --data, when the data has moved). Any other option that differs from the
-run's is refused (among them --preset, --model, --batch-size, --g-batch-size, --z-dist, --pixels
-and --d-final-bias: they fix the architecture, the random streams or what an update averages).
+run's is refused (among them --preset, --model, --batch-size, --g-batch-size, --z-dist, --pixels,
+--d-final-bias and --conditional: they fix the architecture, the random streams or what an update
+averages).
+
+--conditional trains a class-conditional GAN on CIFAR-10's 10 classes (any --model; conditional
+BatchNorm in G, a projection discriminator): D sees each real image's label, G's labels are drawn
+uniformly, and each sample grid has one row per class with the class name (from batches.meta)
+written on its left. The preset sngan-projection-resnet-conditional is the authors' conditional run.
 
 Checkpoints: every --checkpoint-every iterations, every --checkpoint-minutes (default 10), at the
 end and on Ctrl-C/SIGTERM; a first sample grid at iteration 1. A failed write (e.g. a full disk)
@@ -32,7 +40,7 @@ import sys
 import time
 
 from npsn import backend
-from npsn.data.cifar10 import CIFAR10Error, download_cifar10, load_cifar10
+from npsn.data.cifar10 import CIFAR10Error, download_cifar10, load_cifar10, load_label_names
 from npsn.gan.losses import LOSSES
 from npsn.gan.models import MODELS, Z_DISTRIBUTIONS
 from npsn.gan.rundir import (RunDirError, check_new_run_dir, check_resume_dir, read_checkpoint, read_config_json,
@@ -79,6 +87,8 @@ def parse_args(argv=None):
     p.add_argument("--pixels", choices=PIXEL_MAPPINGS,
                    help="real images as p/127.5-1 (unit) or p/128-1+U(0,1/128) noise (dequantized, sngan_projection)")
     p.add_argument("--d-final-bias", choices=("yes", "no"), help="a bias on D's final dense layer")
+    p.add_argument("--conditional", dest="num_classes", action="store_const", const=10,
+                   help="class-conditional on CIFAR-10's 10 classes: conditional BN in G, projection D")
     p.add_argument("--lr", type=float)
     p.add_argument("--beta1", type=float)
     p.add_argument("--beta2", type=float)
@@ -113,9 +123,12 @@ class UsageError(Exception):
     """A bad option, run directory or run file: main prints the message on one line and exits with 2."""
 
 
+SWITCHES = {"sn": "--no-sn", "num_classes": "--conditional"}  # config fields set by an option without a value
+
+
 def flag(name):
     """The command-line option of a config field ("batch_size" -> "--batch-size"; "sn" -> "--no-sn")."""
-    return "--no-sn" if name == "sn" else "--" + name.replace("_", "-")
+    return SWITCHES.get(name, "--" + name.replace("_", "-"))
 
 
 def fit(text, limit=160):
@@ -166,7 +179,7 @@ def build_config(args):
                              f"with {name}={meta['config'][name]!r}; restore config.json from a copy")
     for name, value in given.items():
         if name not in RESUMABLE_OPTIONS and value != getattr(config, name):
-            shown = flag(name) if name == "sn" else f"{flag(name)} {value}"
+            shown = flag(name) if name in SWITCHES else f"{flag(name)} {value}"
             raise UsageError(f"{shown}: the run in {run_dir} has {name}={getattr(config, name)}, which cannot "
                              f"change on resume (only {', '.join(flag(n) for n in RESUMABLE_OPTIONS)} can); "
                              f"start a new run with --out to change it")
@@ -192,13 +205,15 @@ def data_path(args, stored, run_dir):
     return recorded
 
 
-def load_images(args, path):
-    """``(training images as uint8 NCHW, the absolute path they came from)``, downloading first if asked."""
+def load_images(args, path, conditional=False):
+    """``(training images as uint8 NCHW, their labels, the class names or None, the absolute path they came
+    from)``, downloading first if asked; the class names (batches.meta) are read for a conditional run only."""
     if args.download:
         root = path if not path.endswith((".tar.gz", ".tgz")) else os.path.dirname(path) or "."
         path = download_cifar10(root)
-    images, _ = load_cifar10(path, "train")
-    return images, os.path.abspath(path)
+    images, labels = load_cifar10(path, "train")
+    names = load_label_names(path) if conditional else None
+    return images, labels, names, os.path.abspath(path)
 
 
 def last_good(trainer):
@@ -224,21 +239,23 @@ def main(argv=None):
         backend.check_device(config.device)
         path = data_path(args, stored, out_dir)
         # 2. the data, and the run's state built (and, on resume, its checkpoint loaded and checked)
-        images, data = load_images(args, path)
+        images, labels, names, data = load_images(args, path, conditional=bool(config.num_classes))
+        if config.num_classes and config.num_classes != len(names):
+            raise UsageError(f"the run has {config.num_classes} classes but {data} names {len(names)}")
         if config.batch_size > len(images):
             raise UsageError(f"argument --batch-size: {config.batch_size} is more than the {len(images)} "
                              f"training images")
         # Large im2col temporaries: keep freed memory for reuse instead of page-faulting it back each step.
         keep_freed_memory()
         try:
-            trainer = Trainer(config, images, out_dir, resume=bool(args.resume))
+            trainer = Trainer(config, images, out_dir, resume=bool(args.resume), labels=labels, class_names=names)
         except (KeyError, ValueError, TypeError) as exc:
             raise UsageError(f"{os.path.join(out_dir, 'checkpoint.npz')} does not fit the run's config.json "
                              f"({type(exc).__name__}: {fit(exc)}); restore both from a copy") from None
         if config.eval_every:
             from npsn.eval.evaluation import make_evaluator
 
-            trainer.evaluator = make_evaluator(config, images)
+            trainer.evaluator = make_evaluator(config, images, labels)
         # 3. everything is valid: write
         written = True
         os.makedirs(out_dir, exist_ok=True)
@@ -249,7 +266,8 @@ def main(argv=None):
         source = PRESET_SOURCES.get(config.preset, "no preset")
         write_json_atomic(os.path.join(out_dir, "config.json"), dict(dataclasses.asdict(config), data=data,
                                                                      source=source))
-        print(f"npsn: {'resuming' if args.resume else 'training'} {config.model} on {len(images)} CIFAR-10 images "
+        kind = f"class-conditional ({config.num_classes} classes) " if config.num_classes else ""
+        print(f"npsn: {'resuming' if args.resume else 'training'} {kind}{config.model} on {len(images)} CIFAR-10 images "
               f"({data}), device {config.device}, run dir {out_dir}")
         print(f"preset {config.preset or '(none)'}: {source}")
         print("settings: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(config).items()))

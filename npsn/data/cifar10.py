@@ -35,6 +35,8 @@ import zlib
 
 import numpy as np
 
+from npsn.backend import get_array_module
+
 OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"
 ARCHIVE_NAME = "cifar-10-python.tar.gz"
@@ -45,6 +47,9 @@ SPLITS = {
     "test": ("test_batch",),
 }
 NUM_CLASSES = 10
+# batches.meta's label_names (label i is CIFAR10_CLASSES[i]), for when the archive is not at hand;
+# load_label_names reads them from the data itself.
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 IMAGE_SHAPE = (3, 32, 32)
 ROW_LENGTH = 3 * 32 * 32  # 3072 values per image row
 
@@ -385,7 +390,7 @@ def _remove_quietly(file):
 
 
 class MinibatchStream:
-    """Seeded shuffled minibatch indices, epoch after epoch, exactly resumable.
+    """Seeded shuffled minibatch indices (and the minibatches they pick), epoch after epoch, exactly resumable.
 
     Epoch ``e`` visits the items in the order ``numpy.random.default_rng([seed, e]).permutation(n_items)``
     in consecutive slices of ``batch_size``; a last slice shorter than ``batch_size`` is dropped
@@ -423,6 +428,24 @@ class MinibatchStream:
         start = self.position
         self.position += self.batch_size
         return self._permutation(self.epoch)[start:self.position].copy()
+
+    def next_batch(self, images, labels=None):
+        """The next minibatch of ``images`` (and of ``labels``), picked by :meth:`next_indices` on their device.
+
+        Args:
+            images: (n_items, ...) array, NumPy or CuPy.
+            labels: None, or (n_items,) array on the same device as ``images``.
+        Returns:
+            ``images[idx]`` (batch_size, ...), or ``(images[idx], labels[idx])`` when ``labels`` is given.
+
+        Both forms draw the same indices, so asking for the labels changes nothing else (an
+        unconditional run's batches, and its resume, stay as they were).
+        """
+        xp = get_array_module(images)
+        idx = xp.asarray(self.next_indices())
+        if labels is None:
+            return images[idx]
+        return images[idx], labels[idx]
 
     def state_dict(self):
         """A flat dict of ints from which :meth:`load_state_dict` resumes the stream exactly."""

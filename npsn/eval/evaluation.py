@@ -18,6 +18,7 @@ import os
 import numpy as np
 
 from npsn import backend
+from npsn.data.cifar10 import CIFAR10_CLASSES
 from npsn.data.pixels import pixels_to_unit, unit_to_pixels
 from npsn.eval.spectral import (
     gradient_norm_estimate,
@@ -32,20 +33,53 @@ GENERATION_CHUNK = 250  # images generated per forward of G
 GRADIENT_BATCH = 64  # real and generated images for the gradient-norm estimate
 
 
-def generate(G, z, chunk=GENERATION_CHUNK):
-    """G(z) in eval mode, ``chunk`` rows at a time, restoring G's previous mode.
+def num_classes(model):
+    """K of a class-conditional model, 0 for an unconditional one."""
+    return getattr(model, "num_classes", 0)
+
+
+def cycle_labels(n, k, xp=np):
+    """The classes 0, 1, ..., k-1, 0, 1, ... of n images: int32 (n,) (``arange(n) % k``; n = m*k gives m of each).
+
+    >>> cycle_labels(5, 3)
+    array([0, 1, 2, 0, 1], dtype=int32)
+    """
+    return (xp.arange(n) % k).astype(xp.int32)
+
+
+def class_names(meta, k):
+    """The k class names of a run: its checkpoint's ``meta["class_names"]``, else CIFAR-10's first k."""
+    names = meta.get("class_names")
+    if isinstance(names, list) and len(names) == k:
+        return [str(name) for name in names]
+    return list(CIFAR10_CLASSES[:k]) + [str(i) for i in range(len(CIFAR10_CLASSES), k)]
+
+
+def generate(G, z, chunk=GENERATION_CHUNK, labels=None):
+    """G(z), or G(z, labels) for a class-conditional G, in eval mode, ``chunk`` rows at a time,
+    restoring G's previous mode.
 
     Args:
-        G: a generator mapping z (N, z_dim) to NCHW images.
+        G: a generator mapping z (N, z_dim) (and classes (N,)) to NCHW images.
         z: (N, z_dim) on G's device, G's dtype.
+        labels: for a conditional G, the class of each image, int32 (N,) on G's device; None
+            there means :func:`cycle_labels` (image i of class i % K). Must be None for an
+            unconditional G.
     Returns:
         images (N, C, H, W) on G's device.
     """
     xp = backend.get_array_module(z)
+    k = num_classes(G)
+    if labels is not None and not k:
+        raise ValueError("labels given to an unconditional generator")
+    if k and labels is None:
+        labels = cycle_labels(z.shape[0], k, xp)
     was_training = G.training
     G.eval()
     try:
-        return xp.concatenate([G(z[i:i + chunk]) for i in range(0, z.shape[0], chunk)])
+        if not k:
+            return xp.concatenate([G(z[i:i + chunk]) for i in range(0, z.shape[0], chunk)])
+        return xp.concatenate([G(z[i:i + chunk], labels[i:i + chunk]) for i in range(0, z.shape[0], chunk)])
     finally:
         G.train(was_training)
 
@@ -65,7 +99,8 @@ def real_subset(images, n, seed):
     return images[np.sort(np.random.default_rng(seed).choice(len(images), size=n, replace=False))]
 
 
-def diagnose(D, real_uint8, fake, swd_seed=0, gradient_batch=GRADIENT_BATCH, power_iterations=100):
+def diagnose(D, real_uint8, fake, swd_seed=0, gradient_batch=GRADIENT_BATCH, power_iterations=100,
+             real_labels=None, fake_labels=None):
     """SWD, D's spectral report and gradient norms for one set of real and generated images.
 
     SWD compares the generated images quantized to uint8 (:func:`~npsn.data.pixels.unit_to_pixels`:
@@ -80,6 +115,8 @@ def diagnose(D, real_uint8, fake, swd_seed=0, gradient_batch=GRADIENT_BATCH, pow
         swd_seed: the seed of :func:`~npsn.eval.swd.sliced_wasserstein` (patches and directions).
         gradient_batch: images of each set used for :func:`~npsn.eval.spectral.gradient_norm_estimate`.
         power_iterations: steps of :func:`~npsn.eval.spectral.operator_norm` per layer.
+        real_labels, fake_labels: for a class-conditional (projection) D, the classes of the real
+            and the generated images, int32 on D's device (the gradient norms are of D(x, y) in x).
     Returns:
         a flat JSON-able dict: ``swd_32``, ``swd_16``, ``swd_mean`` (x 1e3), ``grad_norm_max``,
         ``grad_norm_mean`` (over ``gradient_batch`` real and ``gradient_batch`` generated images),
@@ -90,7 +127,11 @@ def diagnose(D, real_uint8, fake, swd_seed=0, gradient_batch=GRADIENT_BATCH, pow
     result = dict(sliced_wasserstein(unit_to_pixels(fake), real_uint8, seed=swd_seed))
     report = spectral_report(D, n_iterations=power_iterations)
     real = pixels_to_unit(real_uint8[:gradient_batch], xp, dtype=fake.dtype)
-    grads = gradient_norm_estimate(D, [real, fake[:gradient_batch]])
+    if num_classes(D):
+        batches = [(real, real_labels[:gradient_batch]), (fake[:gradient_batch], fake_labels[:gradient_batch])]
+    else:
+        batches = [real, fake[:gradient_batch]]
+    grads = gradient_norm_estimate(D, batches)
     result["grad_norm_max"] = grads["grad_norm_max"]
     result["grad_norm_mean"] = grads["grad_norm_mean"]
     result["lipschitz_upper_bound"] = lipschitz_upper_bound(D, report)
@@ -98,12 +139,14 @@ def diagnose(D, real_uint8, fake, swd_seed=0, gradient_batch=GRADIENT_BATCH, pow
     return result
 
 
-def make_evaluator(config, images_uint8):
+def make_evaluator(config, images_uint8, labels=None):
     """The evaluation callable for a :class:`~npsn.gan.trainer.Trainer`: ``evaluator(trainer) -> dict``.
 
     Args:
         config: the run's :class:`~npsn.gan.trainer.TrainConfig` (``eval_images``, ``seed``, ``z_dim``, ``z_dist``, ``device``).
         images_uint8: the training images, uint8 (N, 3, 32, 32) NCHW on the host.
+        labels: their classes (N,) on the host; needed for a conditional run (``num_classes`` > 0),
+            whose generated images cycle through the classes (:func:`cycle_labels`).
     Returns:
         a function of the trainer returning :func:`diagnose`'s dict for images of trainer.G (eval mode) and trainer.D.
 
@@ -117,13 +160,19 @@ def make_evaluator(config, images_uint8):
     """
     xp = backend.xp_for(config.device)
     real_uint8 = xp.asarray(real_subset(images_uint8, config.eval_images, [config.seed, 4]))
+    k = getattr(config, "num_classes", 0)
+    real_labels = fake_labels = None
+    if k:  # the same subset of the labels (real_subset draws the same indices for the same seed)
+        real_labels = xp.asarray(real_subset(np.asarray(labels, np.int32), config.eval_images, [config.seed, 4]))
+        fake_labels = cycle_labels(config.eval_images, k, xp)
     z = backend.to_device(
         sample_latent(np.random.default_rng([config.seed, 5]), config.eval_images, config.z_dim, config.z_dist),
         config.device)
 
     def evaluate(trainer):
-        fake = generate(trainer.G, z)
-        return diagnose(trainer.D, real_uint8, fake, swd_seed=config.seed)
+        fake = generate(trainer.G, z, labels=fake_labels)
+        return diagnose(trainer.D, real_uint8, fake, swd_seed=config.seed, real_labels=real_labels,
+                        fake_labels=fake_labels)
 
     return evaluate
 

@@ -7,6 +7,10 @@ iteration, the same alternation shifted by one update). A run directory holds
 fixed z, and ``checkpoint.npz``: G and D (with SN's u, v and BN's running statistics), both
 optimizers' moments, the data order and noise generator states, and the iteration. Resuming
 from it reproduces the uninterrupted run's losses exactly on NumPy.
+
+A class-conditional run (``num_classes`` K > 0: conditional BN in G, a projection D) feeds each real
+batch's labels to D, draws G's labels uniformly from its own checkpointed stream, and draws its
+sample grids with one row per class, the class names written left of the rows.
 """
 import dataclasses
 import json
@@ -18,7 +22,7 @@ import time
 import numpy as np
 
 from npsn import backend
-from npsn.data.cifar10 import MinibatchStream
+from npsn.data.cifar10 import CIFAR10_CLASSES, MinibatchStream
 from npsn.data.pixels import pixels_to_dequantized, pixels_to_unit
 from npsn.gan.checkpoint import flatten, load_checkpoint, save_checkpoint, unflatten
 from npsn.gan.rundir import read_log
@@ -27,7 +31,7 @@ from npsn.gan.models import gan_from_config, sample_latent
 from npsn.gan.updates import TrainingDiverged, check_finite, discriminator_update, gan_iteration, generator_update
 from npsn.nn.spectral_norm import spectral_layers
 from npsn.optim import Adam
-from npsn.utils.images import save_grid
+from npsn.utils.images import save_class_grid, save_grid
 from npsn.utils.progress import ProgressBar
 
 
@@ -54,6 +58,7 @@ class TrainConfig:
     z_dist: str = "normal"  # one of npsn.gan.models.Z_DISTRIBUTIONS: "normal" N(0, I) or "uniform" U(-1, 1)
     pixels: str = "unit"  # one of PIXEL_MAPPINGS: how real images become D's inputs
     d_final_bias: bool = True  # a bias on D's final dense layer (sngan_projection's ResNet D has none)
+    num_classes: int = 0  # 0: unconditional; K: class-conditional G (conditional BN) and projection D, K classes
     g_ch: int = 0  # base widths; 0 = the model's source's (npsn.gan.models.DEFAULT_WIDTHS)
     d_ch: int = 0
     sn: bool = True
@@ -103,6 +108,10 @@ PRESETS = {
                                     lr_decay="linear", batch_size=64, g_batch_size=128, iterations=50_000,
                                     z_dist="normal", pixels="dequantized", d_final_bias=False),
 }
+# pfnet-research/sngan_projection, configs/sn_cifar10.yml: the same file as sn_cifar10_unconditional.yml but for
+# n_classes: 10 (G's ResNetGenerator: categorical conditional BN; D: SNResNetProjectionDiscriminator) and the
+# updater's conditional: True (real labels to D, G's labels from sample_categorical, uniform).
+PRESETS["sngan-projection-resnet-conditional"] = dict(PRESETS["sngan-projection-resnet"], num_classes=10)
 LEGACY_PRESETS = ("cnn", "resnet")
 
 # What each preset reproduces, in one line (``--help``, the run's config.json "source", the README's tables).
@@ -121,6 +130,9 @@ PRESET_SOURCES = {
     "sngan-projection-resnet": "pfnet-research/sngan_projection configs/sn_cifar10_unconditional.yml: ResNet, "
                                "hinge, Adam(2e-4, 0, 0.9), n_dis 5, D batch 64, G batch 128, no bias on D's "
                                "dense layer, pixels p/128-1+U(0,1/128), linear decay over 50k G updates",
+    "sngan-projection-resnet-conditional": "pfnet-research/sngan_projection configs/sn_cifar10.yml (the authors' "
+                                           "default CIFAR-10 run): sngan-projection-resnet with 10 classes, "
+                                           "conditional BN in G, projection D, G's labels uniform",
 }
 
 
@@ -134,11 +146,11 @@ def preset_config(preset, **overrides):
 
 
 # The fields that decide the models' layers and shapes: a checkpoint loads only into the same ones.
-ARCHITECTURE_FIELDS = ("model", "z_dim", "g_ch", "d_ch", "sn", "sn_mode", "d_final_bias")
+ARCHITECTURE_FIELDS = ("model", "z_dim", "g_ch", "d_ch", "sn", "sn_mode", "d_final_bias", "num_classes")
 
 # Options a resumed run may change: how long it trains, its learning-rate schedule, what it
 # writes and when, and where it runs. Every other option of TrainConfig (model, loss, widths,
-# z_dim, sn, sn_mode, batch sizes, betas, n_dis, seed, preset, z_dist, pixels, d_final_bias) is fixed by its
+# z_dim, sn, sn_mode, batch sizes, betas, n_dis, seed, preset, z_dist, pixels, d_final_bias, num_classes) is fixed by its
 # checkpoint: they decide the architecture, the draws from the random streams, or what a G update averages over.
 RESUMABLE_OPTIONS = ("iterations", "lr", "lr_decay", "device", "log_every", "sample_every", "checkpoint_every",
                      "checkpoint_minutes", "eval_every", "eval_images")
@@ -149,8 +161,9 @@ _LOWER_BOUNDS = {
     "beta1": (0, True), "beta2": (0, True),
     "n_dis": (1, True), "z_dim": (1, True), "g_ch": (0, True), "d_ch": (0, True), "seed": (0, True),
     "log_every": (1, True), "sample_every": (0, True), "checkpoint_every": (0, True),
-    "checkpoint_minutes": (0, True), "eval_every": (0, True), "eval_images": (1, True),
+    "checkpoint_minutes": (0, True), "eval_every": (0, True), "eval_images": (1, True), "num_classes": (0, True),
 }
+GRID_COLUMNS = 10  # a conditional run's sample grid: one row per class, this many z (the same z down each column)
 
 
 def config_problems(config):
@@ -196,7 +209,32 @@ def config_problems(config):
                 problems.append((name, f"must be {'at least' if inclusive else 'greater than'} {low}, got {value}"))
             elif name in ("beta1", "beta2") and value >= 1:
                 problems.append((name, f"must be in [0, 1), got {value}"))
+            elif name == "num_classes" and value == 1:
+                problems.append((name, "must be 0 (unconditional) or at least 2, got 1"))
     return problems
+
+
+def sample_labels(rng, n, num_classes):
+    """n classes drawn uniformly from 0..num_classes-1 by the NumPy Generator ``rng``: int32 (n,) on the host.
+
+    As sngan_projection's ``sample_categorical`` (G's labels in every update of a conditional run).
+
+    >>> sample_labels(np.random.default_rng(0), 5, 10)
+    array([8, 6, 5, 2, 3], dtype=int32)
+    """
+    return rng.integers(0, num_classes, size=n).astype(np.int32)
+
+
+def checked_labels(labels, n_images, num_classes):
+    """The labels of a conditional run as int32 (N,) on the host, checked (ValueError says what is wrong)."""
+    if labels is None:
+        raise ValueError(f"a conditional run (num_classes={num_classes}) needs the labels of its images")
+    labels = np.asarray(labels)
+    if labels.shape != (n_images,) or labels.dtype.kind not in "iu":
+        raise ValueError(f"labels must be integers of shape ({n_images},), got {labels.dtype} {labels.shape}")
+    if n_images and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"labels span {labels.min()}..{labels.max()}, outside 0..{num_classes - 1}")
+    return labels.astype(np.int32)
 
 
 class Trainer:
@@ -207,9 +245,17 @@ class Trainer:
         images: real images, uint8 (N, 3, 32, 32) NCHW, on the host; copied once to the device.
         out_dir: the run directory (created if needed).
         resume: continue from ``out_dir/checkpoint.npz``.
+        labels: the images' classes, integers (N,) in 0..num_classes-1 on the host; required when
+            ``config.num_classes`` > 0, ignored otherwise.
+        class_names: the K class names of a conditional run (default ``CIFAR10_CLASSES``), written
+            on its sample grids and kept in its checkpoint.
+
+    Random streams (NumPy Generators seeded ``[seed, i]``): i = 2 z, 3 the grids' fixed z, 6 the
+    dequantization noise, 7 G's labels (conditional runs only; an unconditional run never draws
+    from it), all checkpointed; 0 and 1 seed the weights, 4 and 5 the evaluator.
     """
 
-    def __init__(self, config, images, out_dir, resume=False):
+    def __init__(self, config, images, out_dir, resume=False, labels=None, class_names=None):
         self.config = config
         self.out_dir = out_dir
         self.xp = backend.xp_for(config.device)
@@ -226,8 +272,21 @@ class Trainer:
         # the dequantization noise of the real images (pixels="dequantized"), checkpointed like the others
         self.pixel_noise = np.random.default_rng([c.seed, 6])
         self.g_batch_size = c.g_batch_size or c.batch_size
-        self.z_fixed = backend.to_device(sample_latent(np.random.default_rng([c.seed, 3]), 64, c.z_dim, c.z_dist),
-                                         c.device)
+        self.labels = self.label_noise = self.y_fixed = self.class_names = None
+        grid_rng = np.random.default_rng([c.seed, 3])
+        if c.num_classes:
+            self.labels = self.xp.asarray(checked_labels(labels, len(images), c.num_classes))
+            self.label_noise = np.random.default_rng([c.seed, 7])  # G's labels
+            self.class_names = [str(name) for name in (CIFAR10_CLASSES if class_names is None else class_names)]
+            if len(self.class_names) != c.num_classes:
+                raise ValueError(f"{len(self.class_names)} class names for {c.num_classes} classes")
+            # the grid: row k holds class k, column j the same z_j in every row
+            z = np.tile(sample_latent(grid_rng, GRID_COLUMNS, c.z_dim, c.z_dist), (c.num_classes, 1))
+            self.y_fixed = backend.to_device(np.repeat(np.arange(c.num_classes, dtype=np.int32), GRID_COLUMNS),
+                                             c.device)
+        else:
+            z = sample_latent(grid_rng, 64, c.z_dim, c.z_dist)
+        self.z_fixed = backend.to_device(z, c.device)
         self.iteration = 0
         self.saved_iteration = None  # the iteration of the checkpoint on disk (None: none written yet)
         self.evaluator = None
@@ -245,13 +304,27 @@ class Trainer:
         return os.path.join(self.out_dir, "log.jsonl")
 
     # ------------------------------------------------------------------ one update each
-    def real_batch(self):
-        """The next minibatch of real images: NCHW float32 in [-1, 1] on the device (``config.pixels``:
+    def _to_inputs(self, pixels):
+        """uint8 images -> D's inputs: NCHW float32 in [-1, 1] on the device (``config.pixels``:
         p / 127.5 - 1, or p / 128 - 1 + U(0, 1/128) with the noise from ``self.pixel_noise``)."""
-        idx = self.xp.asarray(self.stream.next_indices())
         if self.config.pixels == "dequantized":
-            return pixels_to_dequantized(self.images[idx], self.pixel_noise, self.xp)
-        return pixels_to_unit(self.images[idx], self.xp)
+            return pixels_to_dequantized(pixels, self.pixel_noise, self.xp)
+        return pixels_to_unit(pixels, self.xp)
+
+    def real_batch(self):
+        """The next minibatch of real images: NCHW float32 in [-1, 1] on the device."""
+        return self._to_inputs(self.stream.next_batch(self.images))
+
+    def real_labelled_batch(self):
+        """The next minibatch of a conditional run: (images as :meth:`real_batch`, their labels int32 (B,)).
+
+        The same draws as :meth:`real_batch` (indices, then dequantization noise)."""
+        pixels, labels = self.stream.next_batch(self.images, self.labels)
+        return self._to_inputs(pixels), labels
+
+    def sample_y(self, n):
+        """n classes for G, uniform, from the checkpointed ``label_noise`` stream: int32 (n,) on the device."""
+        return backend.to_device(sample_labels(self.label_noise, n, self.config.num_classes), self.config.device)
 
     def sample_z(self, n=None):
         """n z (default: a D batch) from ``config.z_dist``, drawn on the host, on the device: (n, z_dim) float32."""
@@ -265,11 +338,17 @@ class Trainer:
 
     def d_step(self):
         """One discriminator update alone (timed by ``scripts/bench.py``); returns the 0-d loss."""
-        return discriminator_update(self.G, self.D, self.opt_d, self.d_loss, self.real_batch(), self.sample_z())
+        if not self.config.num_classes:
+            return discriminator_update(self.G, self.D, self.opt_d, self.d_loss, self.real_batch(), self.sample_z())
+        x, y = self.real_labelled_batch()
+        return discriminator_update(self.G, self.D, self.opt_d, self.d_loss, x, self.sample_z(), y,
+                                    self.sample_y(self.config.batch_size))
 
     def g_step(self):
         """One generator update alone through a frozen D (timed by ``scripts/bench.py``); returns the 0-d loss."""
-        return generator_update(self.G, self.D, self.opt_g, self.g_loss, self.sample_g_z())
+        z = self.sample_g_z()
+        y = self.sample_y(z.shape[0]) if self.config.num_classes else None
+        return generator_update(self.G, self.D, self.opt_g, self.g_loss, z, y)
 
     def learning_rate(self, iteration):
         """lr at a (0-based) iteration: constant ("none"), or decayed linearly to 0 at the last one ("linear")."""
@@ -289,8 +368,10 @@ class Trainer:
         """
         lr = self.learning_rate(self.iteration)
         self.opt_d.lr = self.opt_g.lr = lr
+        conditional = bool(self.config.num_classes)
         loss_d, loss_g = gan_iteration(self.G, self.D, self.opt_d, self.opt_g, (self.d_loss, self.g_loss),
-                                       self.config.n_dis, self.real_batch, self.sample_z, self.sample_g_z)
+                                       self.config.n_dis, self.real_labelled_batch if conditional else self.real_batch,
+                                       self.sample_z, self.sample_g_z, self.sample_y if conditional else None)
         self.iteration += 1
         # one small device-to-host transfer per iteration: the two losses, to detect divergence
         return check_finite(loss_d, loss_g, self.iteration)
@@ -317,6 +398,9 @@ class Trainer:
         meta = {"iteration": self.iteration, "config": dataclasses.asdict(self.config),
                 "noise_state": self.noise.bit_generator.state,
                 "pixel_noise_state": self.pixel_noise.bit_generator.state}
+        if self.config.num_classes:  # absent from unconditional checkpoints, which stay as they were
+            meta["label_noise_state"] = self.label_noise.bit_generator.state
+            meta["class_names"] = self.class_names
         save_checkpoint(self.checkpoint_path, arrays, meta)
         self.saved_iteration = self.iteration  # only once the file is in place
         self._last_save = time.monotonic()
@@ -343,13 +427,21 @@ class Trainer:
         self.noise.bit_generator.state = meta["noise_state"]
         if "pixel_noise_state" in meta:  # absent from checkpoints of older npsn (which never drew from it)
             self.pixel_noise.bit_generator.state = meta["pixel_noise_state"]
+        if self.config.num_classes:
+            self.label_noise.bit_generator.state = meta["label_noise_state"]  # KeyError: not a conditional run's
         self.iteration = self.saved_iteration = int(meta["iteration"])
 
     def save_samples(self, name):
-        """An 8x8 grid of G(z_fixed) in eval mode (BN running statistics), as ``name``.png."""
+        """A grid of G(z_fixed) in eval mode (BN running statistics), as ``name``.png: 8x8, or for a
+        conditional run one row of ``GRID_COLUMNS`` per class, its name on the left
+        (:func:`~npsn.utils.images.save_class_grid`)."""
+        path = os.path.join(self.out_dir, f"{name}.png")
         self.G.eval()
         try:
-            save_grid(self.G(self.z_fixed), os.path.join(self.out_dir, f"{name}.png"))
+            if self.config.num_classes:
+                save_class_grid(self.G(self.z_fixed, self.y_fixed), path, self.class_names)
+            else:
+                save_grid(self.G(self.z_fixed), path)
         finally:
             self.G.train()
 
