@@ -349,3 +349,43 @@ def test_evaluate_checks_n_and_out_before_computing(good_run, archive, tmp_path,
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "does not exist" in err
     assert not os.path.exists(os.path.join(good_run, "eval.json"))
+
+
+# --- train_classifier.py, and evaluate.py's --classifier ------------------------------------------------------------
+
+CLASSIFIER_NEW = ["--data", "{archive}", "--widths", "4,8,8", "--batch-size", "8", "--epochs", "1", "--no-progress",
+                  "--out", "{tmp}/NEW"]
+EVALUATE = ["{tmp}/RUN", "--data", "{archive}", "--n", "4"]
+# (case, script, argv, text the error line must contain)
+CLASSIFIER_CASES = [
+    ("epochs 0", "train_classifier.py", CLASSIFIER_NEW + ["--epochs", "0"], "--epochs must be at least 1"),
+    ("widths not numbers", "train_classifier.py", CLASSIFIER_NEW + ["--widths", "4,x,8"], "three comma-separated"),
+    ("two widths", "train_classifier.py", CLASSIFIER_NEW + ["--widths", "4,8"], "--widths needs three"),
+    ("lr 0", "train_classifier.py", CLASSIFIER_NEW + ["--lr", "0"], "--lr must be positive"),
+    ("warmup 1", "train_classifier.py", CLASSIFIER_NEW + ["--warmup", "1"], "--warmup must be in [0, 1)"),
+    ("batch above the data", "train_classifier.py", CLASSIFIER_NEW + ["--batch-size", "1000"],
+     "more than the 100 training images"),
+    ("--out an existing run", "train_classifier.py", CLASSIFIER_NEW + ["--out", "{tmp}/RUN"], "--resume"),
+    ("--out and --resume", "train_classifier.py", ["--resume", "{tmp}/RUN", "--out", "{tmp}/NEW"], "exclude each other"),
+    ("resume with a setting", "train_classifier.py", ["--resume", "{tmp}/RUN", "--epochs", "3"], "drop --epochs"),
+    ("resume a GAN run", "train_classifier.py", ["--resume", "{tmp}/RUN"], "not a classifier checkpoint"),
+    ("resume no such dir", "train_classifier.py", ["--resume", "{tmp}/NOPE"], "no such run directory"),
+    ("missing data", "train_classifier.py", CLASSIFIER_NEW + ["--data", "{tmp}/missing.tar.gz"], "missing.tar.gz"),
+    ("evaluate: no classifier there", "evaluate.py", EVALUATE + ["--classifier", "{tmp}/NOPE"], "train_classifier.py"),
+    ("evaluate: a GAN run as classifier", "evaluate.py", EVALUATE + ["--classifier", "{tmp}/RUN"],
+     "not an npsn classifier checkpoint"),
+    ("evaluate: a damaged classifier", "evaluate.py", EVALUATE + ["--classifier", "{tmp}/FILE"], "cannot read the classifier"),
+]
+
+
+@pytest.mark.parametrize("case, script, argv, expected", CLASSIFIER_CASES, ids=[c[0] for c in CLASSIFIER_CASES])
+def test_classifier_bad_input_is_one_line_and_changes_nothing(case, script, argv, expected, workspace, archive, capsys):
+    before = snapshot(workspace)
+    argv = [a.format(tmp=workspace, archive=archive) for a in argv]
+    capsys.readouterr()
+    code = run_main(script, *argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and err.endswith("\n"), err
+    assert "Traceback" not in err and expected in err, err
+    assert snapshot(workspace) == before  # RUN byte for byte, and NEW never created
