@@ -12,7 +12,10 @@ coverage), :mod:`npsn.utils` (threads, allocator, images, progress), :mod:`npsn.
 from npsn.nn.activations import LeakyReLU, ReLU, Sigmoid, Tanh
 from npsn.backend import DeviceError, check_device, get_array_module, gpu_available, to_device, to_numpy, xp_for
 from npsn.nn.batchnorm import BatchNorm1d, BatchNorm2d
+from npsn.nn.conditional import ConditionalResidual, ConditionalSequential, Projection
+from npsn.nn.conditional_batchnorm import CategoricalConditionalBatchNorm1d, CategoricalConditionalBatchNorm2d
 from npsn.nn.conv import Conv2d, ConvTranspose2d
+from npsn.nn.embedding import Embedding
 from npsn.nn.im2col import col2im, im2col
 from npsn.nn.init import manual_seed
 from npsn.nn.linear import Linear

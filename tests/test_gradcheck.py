@@ -2,12 +2,15 @@
 
 Adding a layer means adding one row to LAYERS: (name, builder(rng) -> float64 module, input shape).
 Every row is checked in training and in eval mode, for the input gradient and every parameter.
+Layers that take class labels, ``module(x, y)`` (or ``module(y)`` alone), have their rows in
+LABELLED_LAYERS: (name, builder, input shape or None, number of classes); labels are fixed integers
+(every class present when the batch allows) and get no gradient.
 """
 import numpy as np
 import pytest
 
 import npsn
-from gradcheck import check_module_gradients
+from gradcheck import check_module_gradients, numerical_gradient, relative_error
 from npsn.nn.activations import Scale
 from npsn.nn.maxpool import MaxPool2d
 from npsn.backend import to_device
@@ -107,6 +110,87 @@ def worst_errors(device="cpu"):
     """{layer name: largest relative error over modes, input and parameters} -- for reports."""
     return {name: max(max(check_module_gradients(*build_case(b, s, m, device)).values()) for m in ("train", "eval"))
             for name, b, s in LAYERS}
+
+
+def _ccbn_with_running_stats(cls, c, k):
+    def build(rng):
+        bn = cls(c, k)
+        bn.weight.data = rng.uniform(0.5, 1.5, (k, c))
+        bn.bias.data = rng.standard_normal((k, c))
+        bn.running_mean = rng.standard_normal(c)
+        bn.running_var = rng.uniform(0.5, 2.0, c)
+        return bn
+    return build
+
+
+def _projection(sn):
+    def build(rng):
+        linear, embedding = npsn.Linear(5, 1, rng=rng), npsn.Embedding(3, 5, rng=rng)
+        if sn:
+            linear, embedding = npsn.SpectralNorm(linear, rng=rng), npsn.SpectralNorm(embedding, rng=rng)
+        return npsn.Projection(linear, embedding)
+    return build
+
+
+LABELLED_LAYERS = [
+    ("Embedding", lambda rng: npsn.Embedding(3, 4, rng=rng), None, 3),
+    ("SpectralNorm(Embedding)", _sn(lambda rng: npsn.Embedding(3, 4, rng=rng)), None, 3),
+    ("CategoricalConditionalBatchNorm1d", _ccbn_with_running_stats(npsn.CategoricalConditionalBatchNorm1d, 4, 3),
+     (6, 4), 3),
+    ("CategoricalConditionalBatchNorm2d", _ccbn_with_running_stats(npsn.CategoricalConditionalBatchNorm2d, 3, 3),
+     (4, 2, 3, 3), 3),
+    ("Projection", _projection(sn=False), (4, 5), 3),
+    ("Projection(SN)", _projection(sn=True), (4, 5), 3),
+    ("ConditionalSequential", lambda rng: npsn.ConditionalSequential(
+        npsn.Linear(4, 3, rng=rng), npsn.CategoricalConditionalBatchNorm1d(3, 2), npsn.Tanh(),
+        npsn.Linear(3, 2, rng=rng), num_classes=2), (5, 4), 2),
+    ("Conditional ResNet G block", lambda rng: generator_block(3, 2, rng, num_classes=3), (3, 2, 2, 3), 3),
+]
+
+
+def check_labelled_gradients(module, x, labels, seed=0, h=1e-6):
+    """Like ``check_module_gradients`` for ``module(x, labels)`` (``module(labels)`` when x is None): relative errors."""
+    xp = npsn.get_array_module(labels)
+    call = (lambda: module(labels)) if x is None else (lambda: module(x, labels))
+    snapshot = [(m, name, b.copy()) for m in module.modules() for name, b in m._buffers.items()]
+
+    def restore():
+        for m, name, b in snapshot:
+            m._buffers[name] = b.copy()
+
+    restore()
+    R = xp.asarray(np.random.default_rng(seed).standard_normal(call().shape))
+
+    def loss():
+        restore()
+        return float(npsn.to_numpy((call() * R).sum()))
+
+    module.zero_grad()
+    restore()
+    call()
+    grad_x = module.backward(R)
+    pairs = {} if x is None else {"input": (grad_x, numerical_gradient(loss, x, h))}
+    if x is None:
+        assert grad_x is None  # labels get no gradient
+    for name, p in module.named_parameters():
+        analytic = p.grad if p.grad is not None else xp.zeros_like(p.data)
+        pairs[name] = (analytic, numerical_gradient(loss, p.data, h))
+    restore()
+    floor = 1e-3 * max(float(np.linalg.norm(npsn.to_numpy(a))) for a, _ in pairs.values())
+    return {name: relative_error(a, n, floor) for name, (a, n) in pairs.items()}
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("name,builder,shape,k", LABELLED_LAYERS, ids=[row[0] for row in LABELLED_LAYERS])
+def test_labelled_gradients_match_finite_differences(name, builder, shape, k, mode, device):
+    module, x = build_case(builder, shape or (1,), mode, device)
+    n = shape[0] if shape else 5
+    # every class present (when n >= k), in a shuffled order
+    labels = to_device(np.random.default_rng(1).permutation(np.arange(n) % k).astype(np.int32), device)
+    errors = check_labelled_gradients(module, None if shape is None else x, labels)
+    assert set(errors) == ({"input"} if shape else set()) | {n for n, _ in module.named_parameters()}
+    worst = max(errors, key=errors.get)
+    assert errors[worst] < TOLERANCE, f"{name} ({mode}): {worst} gradient has relative error {errors[worst]:.2e}"
 
 
 if __name__ == "__main__":

@@ -19,24 +19,38 @@ All are :class:`~npsn.nn.module.Sequential`, so parameter names are PyTorch's fo
 ToChannelsFirst/Last) have no parameters and correspond to ``nn.Unflatten``/``nn.Identity``.
 Initialization: N(0, 0.02) weights and zero biases, as in chainer-gan-lib (``initialW =
 chainer.initializers.Normal(0.02)``; Chainer's default bias is 0).
+
+**Class-conditional models** (``num_classes`` K > 0; neither source has them, so npsn applies the
+projection-discriminator recipe of Miyato & Koyama 2018 to these architectures): G(z, y) has a
+categorical conditional BN (:class:`~npsn.nn.conditional_batchnorm.CategoricalConditionalBatchNorm2d`,
+or ``...1d`` for ``dense_bn="features"``) in place of every BN and is a
+:class:`~npsn.nn.conditional.ConditionalSequential`; D(x, y) ends with a
+:class:`~npsn.nn.conditional.Projection` on the flattened final feature map phi(x) (bottom*bottom*512
+values): logit = psi(phi(x)) + <e_y, phi(x)>, psi D's SN dense layer, e_y a row of an SN embedding
+(K, bottom*bottom*512), Glorot uniform as the authors' ResNet (:func:`npsn.gan.resnet.projection_output`).
+The new parameters are drawn last, so the layers shared with the unconditional model get the same
+initial weights for one seed.
 """
 
 from npsn.nn import init
 from npsn.nn.activations import LeakyReLU, ReLU, Tanh
 from npsn.nn.batchnorm import BatchNorm1d, BatchNorm2d
+from npsn.nn.conditional import ConditionalSequential
+from npsn.nn.conditional_batchnorm import CategoricalConditionalBatchNorm1d, CategoricalConditionalBatchNorm2d
 from npsn.nn.conv import Conv2d, ConvTranspose2d
 from npsn.nn.init import init_normal
 from npsn.nn.linear import Linear
 from npsn.nn.module import Sequential
 from npsn.nn.reshape import Flatten, Reshape, ToChannelsFirst, ToChannelsLast
 from npsn.nn.spectral_norm import SpectralNorm
+from npsn.gan.resnet import projection_output
 
 
 DENSE_BN = ("channels", "features")
 
 
-def cnn_generator(z_dim=128, ch=512, bottom=4, rng=None, dense_bn="channels", output_layer="conv"):
-    """G: z (N, z_dim) -> images (N, 3, 32, 32) in [-1, 1] (NCHW).
+def cnn_generator(z_dim=128, ch=512, bottom=4, rng=None, dense_bn="channels", output_layer="conv", num_classes=0):
+    """G: z (N, z_dim) -> images (N, 3, 32, 32) in [-1, 1] (NCHW); with ``num_classes`` K > 0, G(z, y), y (N,) labels.
 
     dense -> 4x4x512 with BN and ReLU -> three 4x4 stride-2 deconvolutions to 256, 128, 64 channels,
     each with BN and ReLU -> 3x3 stride-1 convolution to 3 channels -> tanh.
@@ -49,34 +63,42 @@ def cnn_generator(z_dim=128, ch=512, bottom=4, rng=None, dense_bn="channels", ou
             (``bn0``), so 2*8192 affine parameters instead of 2*512.
         output_layer: "conv" (Table 3's "3x3, stride=1 conv. 3") or "deconv" (chainer-gan-lib's
             ``dc4 = L.Deconvolution2D(ch // 8, 3, 3, 1, 1)``; its weight is (64, 3, 3, 3) as Chainer's).
+        num_classes: K > 0 makes every BN a categorical conditional BN (per-class gamma and beta).
     """
     if dense_bn not in DENSE_BN:
         raise ValueError(f"dense_bn must be one of {', '.join(DENSE_BN)}, got {dense_bn!r}")
     rng = rng or init.default_rng()
     c = [ch, ch // 2, ch // 4, ch // 8]
+
+    def bn2d(channels):
+        return CategoricalConditionalBatchNorm2d(channels, num_classes) if num_classes else BatchNorm2d(channels)
+
     if dense_bn == "channels":
-        bottom_layers = [Reshape(ch, bottom, bottom), BatchNorm2d(ch), ReLU()]
+        bottom_layers = [Reshape(ch, bottom, bottom), bn2d(ch), ReLU()]
     else:
-        bottom_layers = [BatchNorm1d(bottom * bottom * ch), ReLU(), Reshape(ch, bottom, bottom)]
+        features = bottom * bottom * ch
+        bn1d = CategoricalConditionalBatchNorm1d(features, num_classes) if num_classes else BatchNorm1d(features)
+        bottom_layers = [bn1d, ReLU(), Reshape(ch, bottom, bottom)]
     output = {"conv": Conv2d, "deconv": ConvTranspose2d}[output_layer]
     # layers are built in this order, which fixes how they draw from rng (the same seed, the same weights)
-    return Sequential(
+    layers = (
         init_normal(Linear(z_dim, bottom * bottom * ch, rng=rng), rng),
         *bottom_layers,
-        init_normal(ConvTranspose2d(c[0], c[1], 4, 2, 1, rng=rng), rng), BatchNorm2d(c[1]), ReLU(),
-        init_normal(ConvTranspose2d(c[1], c[2], 4, 2, 1, rng=rng), rng), BatchNorm2d(c[2]), ReLU(),
-        init_normal(ConvTranspose2d(c[2], c[3], 4, 2, 1, rng=rng), rng), BatchNorm2d(c[3]), ReLU(),
+        init_normal(ConvTranspose2d(c[0], c[1], 4, 2, 1, rng=rng), rng), bn2d(c[1]), ReLU(),
+        init_normal(ConvTranspose2d(c[1], c[2], 4, 2, 1, rng=rng), rng), bn2d(c[2]), ReLU(),
+        init_normal(ConvTranspose2d(c[2], c[3], 4, 2, 1, rng=rng), rng), bn2d(c[3]), ReLU(),
         init_normal(output(c[3], 3, 3, 1, 1, rng=rng), rng),
         Tanh(),
         ToChannelsFirst(),
     )
+    return ConditionalSequential(*layers, num_classes=num_classes) if num_classes else Sequential(*layers)
 
 
-def sndcgan_generator(z_dim=128, ch=512, bottom=4, rng=None):
+def sndcgan_generator(z_dim=128, ch=512, bottom=4, rng=None, num_classes=0):
     """chainer-gan-lib's ``DCGANGenerator`` (common/net.py, defaults n_hidden=128, ch=512, bottom_width=4):
     dense -> BatchNorm1d(4*4*512) -> ReLU -> reshape -> three 4x4 stride-2 deconvolutions with BN, ReLU
-    -> 3x3 stride-1 deconvolution to 3 -> tanh."""
-    return cnn_generator(z_dim, ch, bottom, rng, dense_bn="features", output_layer="deconv")
+    -> 3x3 stride-1 deconvolution to 3 -> tanh. ``num_classes``: as :func:`cnn_generator`."""
+    return cnn_generator(z_dim, ch, bottom, rng, dense_bn="features", output_layer="deconv", num_classes=num_classes)
 
 
 WIDTHS = {  # D's seven convolutions as multiples of the base width ch
@@ -86,7 +108,7 @@ WIDTHS = {  # D's seven convolutions as multiples of the base width ch
 
 
 def cnn_discriminator(ch=64, sn=True, slope=0.1, image_size=32, rng=None, sn_mode="matrix", widths="paper",
-                      final_bias=True):
+                      final_bias=True, num_classes=0):
     """D: images (N, 3, 32, 32) (NCHW) -> logits (N, 1). Every layer spectral-normalized when ``sn``.
 
     conv 3x3 s1 64 -> 4x4 s2 64 -> 3x3 s1 128 -> 4x4 s2 128 -> 3x3 s1 256 -> 4x4 s2 256 -> 3x3 s1 512,
@@ -97,6 +119,9 @@ def cnn_discriminator(ch=64, sn=True, slope=0.1, image_size=32, rng=None, sn_mod
     ``sn_mode`` is :class:`SpectralNorm`'s ``mode``; each convolution gets its input shape (from
     ``image_size``), so operator-mode vectors exist from construction (and checkpoints load before any forward).
     The initial weights are the same in both modes.
+
+    ``num_classes`` K > 0: D(x, y), the projection discriminator: the dense layer becomes
+    ``Projection(dense layer, SN embedding (K, bottom*bottom*512))`` on the flattened features.
     """
     rng = rng or init.default_rng()
 
@@ -113,13 +138,18 @@ def cnn_discriminator(ch=64, sn=True, slope=0.1, image_size=32, rng=None, sn_mod
         # Ho = floor((H + 2p - k) / s) + 1 with p = 1
         size = (size + 2 - k) // s + 1
     bottom = image_size // 8
-    layers += [Flatten(), wrap(Linear(bottom * bottom * w[-1], 1, bias=final_bias, rng=rng))]
-    return Sequential(*layers)
+    features = bottom * bottom * w[-1]
+    layers += [Flatten(), wrap(Linear(features, 1, bias=final_bias, rng=rng))]
+    if not num_classes:
+        return Sequential(*layers)
+    layers[-1] = projection_output(layers[-1], num_classes, features, rng, sn)
+    return ConditionalSequential(*layers, num_classes=num_classes)
 
 
-def sndcgan_discriminator(ch=64, sn=True, image_size=32, rng=None, sn_mode="matrix", final_bias=True):
+def sndcgan_discriminator(ch=64, sn=True, image_size=32, rng=None, sn_mode="matrix", final_bias=True, num_classes=0):
     """chainer-gan-lib's ``SNDCGANDiscriminator`` (common/net.py, ch=512 there = 8 * our base 64): SN convolutions
     3x3 s1 64, 4x4 s2 128, 3x3 s1 128, 4x4 s2 256, 3x3 s1 256, 4x4 s2 512, 3x3 s1 512, each followed by
-    ``F.leaky_relu`` (slope 0.2, Chainer's default), then an SN dense layer to 1 (with bias)."""
+    ``F.leaky_relu`` (slope 0.2, Chainer's default), then an SN dense layer to 1 (with bias). ``num_classes``:
+    as :func:`cnn_discriminator`."""
     return cnn_discriminator(ch, sn=sn, slope=0.2, image_size=image_size, rng=rng, sn_mode=sn_mode,
-                             widths="chainer-gan-lib", final_bias=final_bias)
+                             widths="chainer-gan-lib", final_bias=final_bias, num_classes=num_classes)

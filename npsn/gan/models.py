@@ -5,6 +5,9 @@
   authors' bias-free final dense layer of D);
 * ``sndcgan``: chainer-gan-lib's SN-DCGAN (``common/net.py``: ``DCGANGenerator`` and
   ``SNDCGANDiscriminator``).
+
+Each is unconditional (``num_classes=0``) or class-conditional (``num_classes`` K > 0): G(z, y) with
+categorical conditional BN, D(x, y) the projection discriminator (see :mod:`npsn.gan.resnet`).
 """
 import numpy as np
 
@@ -35,14 +38,15 @@ def sample_latent(rng, n, z_dim, distribution="normal"):
 
 def gan_from_config(config):
     """``build_gan`` with the architecture fields of a run's config (a TrainConfig or its dict; older runs'
-    dicts lack d_final_bias and sn_mode and get their defaults)."""
+    dicts lack d_final_bias, sn_mode and num_classes and get their defaults)."""
     get = config.get if isinstance(config, dict) else lambda name, default=None: getattr(config, name, default)
     return build_gan(get("model"), z_dim=get("z_dim", 128), g_ch=get("g_ch", 0), d_ch=get("d_ch", 0),
                      sn=get("sn", True), seed=get("seed", 0), sn_mode=get("sn_mode", "matrix"),
-                     d_final_bias=get("d_final_bias", True))
+                     d_final_bias=get("d_final_bias", True), num_classes=get("num_classes", 0))
 
 
-def build_gan(name, z_dim=128, g_ch=None, d_ch=None, sn=True, seed=0, sn_mode="matrix", d_final_bias=True):
+def build_gan(name, z_dim=128, g_ch=None, d_ch=None, sn=True, seed=0, sn_mode="matrix", d_final_bias=True,
+              num_classes=0):
     """Build a generator and discriminator on the host, float32 (the sources are in the module docstring).
 
     Args:
@@ -53,6 +57,10 @@ def build_gan(name, z_dim=128, g_ch=None, d_ch=None, sn=True, seed=0, sn_mode="m
             reshaped kernel) or "operator" (the convolution as a map on images; see SpectralNorm).
         d_final_bias: whether D's final dense layer has a bias (sngan_projection's ResNet D has none).
         seed: seeds the initial weights (and SN's u, v): the same seed gives the same models.
+        num_classes: 0 (unconditional: exactly the models of before, weights and names) or K > 0: a
+            class-conditional G (categorical conditional BN) and a projection D, called G(z, y) and
+            D(x, y) with labels y (N,) int32 in [0, K); both then have the attribute ``num_classes``.
+            For one seed, the layers they share with the unconditional models get the same weights.
     Returns:
         (G, D): G maps z (N, z_dim) to NCHW images in [-1, 1]; D maps NCHW images to logits (N, 1).
 
@@ -68,20 +76,27 @@ def build_gan(name, z_dim=128, g_ch=None, d_ch=None, sn=True, seed=0, sn_mode="m
     True
     >>> D(x).shape
     (2, 1)
+
+    Class-conditional:
+
+    >>> G, D = build_gan("cnn", g_ch=8, d_ch=8, seed=0, num_classes=10)
+    >>> y = np.array([3, 7], dtype=np.int32)
+    >>> D(G(z, y), y).shape, G.num_classes
+    ((2, 1), 10)
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}: choose one of {', '.join(MODELS)}")
     if sn_mode not in SN_MODES:
         raise ValueError(f"unknown sn_mode {sn_mode!r}: choose one of {', '.join(SN_MODES)}")
+    if not isinstance(num_classes, (int, np.integer)) or isinstance(num_classes, bool) or num_classes < 0:
+        raise ValueError(f"num_classes must be an integer >= 0 (0: unconditional), got {num_classes!r}")
+    k = int(num_classes)
     g_default, d_default = DEFAULT_WIDTHS[name]
     g_ch, d_ch = g_ch or g_default, d_ch or d_default
     rng_g, rng_d = (np.random.default_rng([seed, i]) for i in (0, 1))
-    if name == "cnn":
-        return cnn_generator(z_dim, g_ch, rng=rng_g), cnn_discriminator(d_ch, sn=sn, rng=rng_d, sn_mode=sn_mode,
-                                                                        final_bias=d_final_bias)
-    if name == "sndcgan":
-        return (sndcgan_generator(z_dim, g_ch, rng=rng_g),
-                sndcgan_discriminator(d_ch, sn=sn, rng=rng_d, sn_mode=sn_mode, final_bias=d_final_bias))
-    return resnet_generator(z_dim, g_ch, rng=rng_g), resnet_discriminator(d_ch, sn=sn, rng=rng_d, sn_mode=sn_mode,
-                                                                          final_bias=d_final_bias)
+    generator, discriminator = {"cnn": (cnn_generator, cnn_discriminator),
+                                "sndcgan": (sndcgan_generator, sndcgan_discriminator),
+                                "resnet": (resnet_generator, resnet_discriminator)}[name]
+    return (generator(z_dim, g_ch, rng=rng_g, num_classes=k),
+            discriminator(d_ch, sn=sn, rng=rng_d, sn_mode=sn_mode, final_bias=d_final_bias, num_classes=k))
 

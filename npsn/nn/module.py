@@ -122,8 +122,8 @@ class Module:
         self._buffers[name] = array
 
     # ------------------------------------------------------------------ forward / backward
-    def __call__(self, x):
-        return self.forward(x)
+    def __call__(self, *args):
+        return self.forward(*args)
 
     def forward(self, x):
         raise NotImplementedError

@@ -5,10 +5,14 @@ imports without torch and raises :class:`ImportError` (saying so) only when such
 
 * :func:`to_torch`: the PyTorch module with the architecture and the current weights of an npsn
   module tree (Sequential, Residual, SpectralNorm, Linear, Conv2d, ConvTranspose2d,
-  BatchNorm1d/2d, activations, pooling, layout layers), with npsn's ``state_dict`` names.
+  BatchNorm1d/2d, activations, pooling, layout layers; and the class-conditional Embedding,
+  CategoricalConditionalBatchNorm1d/2d, ConditionalSequential, ConditionalResidual, Projection),
+  with npsn's ``state_dict`` names.
 * :func:`compare_forward_backward`: one forward and backward through an npsn module and its
-  mirror; max relative errors of the output, the input gradient and every parameter gradient.
-* :func:`compare_gan`: D's and G's outputs and D's input gradient, in float64 and float32.
+  mirror; max relative errors of the output, the input gradient and every parameter gradient
+  (``labels=`` for a module that takes class labels).
+* :func:`compare_gan`: D's and G's outputs and D's input gradient, in float64 and float32
+  (``y=`` for class-conditional models).
 * :class:`TorchTrainer` and :func:`compare_training`: npsn's training step
   (:class:`npsn.gan.trainer.Trainer`) in PyTorch, and the agreement of the two, losses included.
 
@@ -188,6 +192,79 @@ def _torch_layers():
     return Residual, GlobalSumPool2d, Scale
 
 
+@functools.cache
+def _torch_conditional_layers():
+    """PyTorch modules for npsn's layers that take class labels y (a LongTensor (N,)); ``takes_labels`` marks them."""
+    torch = require_torch()
+    nn, F = torch.nn, torch.nn.functional
+
+    def call(layer, x, y):
+        return layer(x, y) if getattr(layer, "takes_labels", False) else layer(x)
+
+    class ConditionalSequential(nn.Sequential):
+        """nn.Sequential whose forward(x, y) hands y to the children that take labels."""
+
+        takes_labels = True
+
+        def forward(self, x, y):
+            for layer in self:
+                x = call(layer, x, y)
+            return x
+
+    class ConditionalResidual(nn.Module):
+        """residual(x, y) + shortcut(x, y) (identity when shortcut is None)."""
+
+        takes_labels = True
+
+        def __init__(self, residual, shortcut):
+            super().__init__()
+            self.residual = residual
+            self.shortcut = shortcut
+
+        def forward(self, x, y):
+            return call(self.residual, x, y) + (x if self.shortcut is None else call(self.shortcut, x, y))
+
+    class CategoricalConditionalBatchNorm(nn.Module):
+        """BatchNorm without affine parameters, then weight[y] * x_hat + bias[y]; weight, bias (K, C).
+
+        Running statistics as ``nn.BatchNorm2d`` (``F.batch_norm`` updates them; num_batches_tracked counted here).
+        """
+
+        takes_labels = True
+
+        def __init__(self, num_features, num_classes, eps, momentum):
+            super().__init__()
+            self.eps, self.momentum = eps, momentum
+            self.weight = nn.Parameter(torch.ones(num_classes, num_features))
+            self.bias = nn.Parameter(torch.zeros(num_classes, num_features))
+            self.register_buffer("running_mean", torch.zeros(num_features))
+            self.register_buffer("running_var", torch.ones(num_features))
+            self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+
+        def forward(self, x, y):
+            if self.training:
+                self.num_batches_tracked += 1
+            x_hat = F.batch_norm(x, self.running_mean, self.running_var, None, None, self.training,
+                                 self.momentum, self.eps)
+            shape = (x.shape[0], x.shape[1]) + (1,) * (x.ndim - 2)  # NCHW: per sample and channel
+            return self.weight[y].reshape(shape) * x_hat + self.bias[y].reshape(shape)
+
+    class Projection(nn.Module):
+        """linear(h) + sum(embedding(y) * h, dim=1, keepdim=True): the projection discriminator's output."""
+
+        takes_labels = True
+
+        def __init__(self, linear, embedding):
+            super().__init__()
+            self.linear = linear
+            self.embedding = embedding
+
+        def forward(self, h, y):
+            return self.linear(h) + (self.embedding(y) * h).sum(dim=1, keepdim=True)
+
+    return ConditionalSequential, ConditionalResidual, CategoricalConditionalBatchNorm, Projection
+
+
 def _builders():
     """{npsn layer class: function(npsn layer, convert) -> torch module} for npsn's own layers."""
     nn = require_torch().nn
@@ -199,7 +276,17 @@ def _builders():
     def batchnorm(m, cls):
         return cls(m.num_features, eps=m.eps, momentum=m.momentum, affine=m.affine)
 
+    TorchCondSequential, TorchCondResidual, TorchCCBN, TorchProjection = _torch_conditional_layers()
     return {
+        npsn.ConditionalSequential: lambda m, convert: TorchCondSequential(*(convert(child) for child in m)),
+        npsn.ConditionalResidual: lambda m, convert: TorchCondResidual(
+            convert(m.residual), None if m.shortcut is None else convert(m.shortcut)),
+        npsn.CategoricalConditionalBatchNorm1d: lambda m, convert: TorchCCBN(m.num_features, m.num_classes, m.eps,
+                                                                             m.momentum),
+        npsn.CategoricalConditionalBatchNorm2d: lambda m, convert: TorchCCBN(m.num_features, m.num_classes, m.eps,
+                                                                             m.momentum),
+        npsn.Projection: lambda m, convert: TorchProjection(convert(m.linear), convert(m.embedding)),
+        npsn.Embedding: lambda m, convert: nn.Embedding(m.num_embeddings, m.embedding_dim),
         npsn.Sequential: lambda m, convert: nn.Sequential(*(convert(child) for child in m)),
         npsn.Residual: lambda m, convert: TorchResidual(convert(m.residual),
                                                         None if m.shortcut is None else convert(m.shortcut)),
@@ -278,7 +365,8 @@ def load_npsn_state(torch_module, module):
 
 
 # ---------------------------------------------------------------------------------------------- one step
-def compare_forward_backward(module, x, grad_output=None, torch_module=None, rng=0, grad_scale="parameter"):
+def compare_forward_backward(module, x, grad_output=None, torch_module=None, rng=0, grad_scale="parameter",
+                             labels=None):
     """One forward and backward through an npsn module and its PyTorch mirror; their max relative errors.
 
     Args:
@@ -294,6 +382,9 @@ def compare_forward_backward(module, x, grad_output=None, torch_module=None, rng
             entry; ``"module"``: relative to the largest gradient entry over all parameters
             (for whole models, where some gradients are zero in exact arithmetic, e.g. the bias
             of a layer followed by BatchNorm, and only rounding noise is left to compare).
+        labels: class labels (N,) integers for a module that takes them (``module(x, labels)``; the
+            mirror gets them as a LongTensor); None for the others. For an Embedding alone (whose input
+            *is* the labels) pass ``x=None``: then there is no ``input_grad`` entry.
     Returns:
         ``{"output": e, "input_grad": e, "<parameter name>.grad": e, ...}``, each a max relative
         error (:func:`relative_error`); ``inf`` for a parameter to which npsn gave no gradient.
@@ -308,7 +399,6 @@ def compare_forward_backward(module, x, grad_output=None, torch_module=None, rng
         torch_module = to_torch(module)
     cl_in, cl_out = channels_last_boundaries(module)
     rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-    xp = backend.get_array_module(x)
     first = next(torch_module.parameters(), None)
     torch_device = first.device if first is not None else torch.device("cpu")
 
@@ -322,16 +412,24 @@ def compare_forward_backward(module, x, grad_output=None, torch_module=None, rng
 
     module.zero_grad()
     torch_module.zero_grad(set_to_none=True)
-    x_torch = to_tensor(x, cl_in).requires_grad_(True)
-    y_torch = torch_module(x_torch)
-    y = module(x)
+    ours_args, their_args = [], []
+    if x is not None:
+        x_torch = to_tensor(x, cl_in).requires_grad_(True)
+        ours_args, their_args = [x], [x_torch]
+    if labels is not None:
+        ours_args.append(labels)
+        their_args.append(torch.from_numpy(_host(labels).astype(np.int64)).to(torch_device))
+    y_torch = torch_module(*their_args)
+    y = module(*ours_args)
     if grad_output is None:
+        xp = backend.get_array_module(y)
         grad_output = xp.asarray(rng.standard_normal(y.shape).astype(y.dtype))
     y_torch.backward(to_tensor(grad_output, cl_out))
     grad_x = module.backward(grad_output)
 
-    errors = {"output": relative_error(y, from_tensor(y_torch, cl_out)),
-              "input_grad": relative_error(grad_x, from_tensor(x_torch.grad, cl_in))}
+    errors = {"output": relative_error(y, from_tensor(y_torch, cl_out))}
+    if x is not None:
+        errors["input_grad"] = relative_error(grad_x, from_tensor(x_torch.grad, cl_in))
     ours = dict(module.named_parameters())
     theirs = dict(torch_module.named_parameters())
     if set(ours) != set(theirs):
@@ -348,7 +446,7 @@ def compare_forward_backward(module, x, grad_output=None, torch_module=None, rng
 
 
 # ---------------------------------------------------------------------------------------------- a GAN
-def compare_gan(G, D, x, z, torch_G=None, torch_D=None):
+def compare_gan(G, D, x, z, torch_G=None, torch_D=None, y=None):
     """D's output, D's input gradient and G's output of npsn's models and their mirrors.
 
     Args:
@@ -356,6 +454,7 @@ def compare_gan(G, D, x, z, torch_G=None, torch_D=None):
         x: a batch of images (N, 3, 32, 32), NCHW float32 NumPy; z: noise (N, z_dim) float32 NumPy.
         torch_G, torch_D: the mirrors, holding the same weights (default: :func:`to_torch` of G, D);
             on the CPU, or on CUDA for models on the GPU.
+        y: class labels (N,) int32 NumPy for class-conditional models (G(z, y), D(x, y)); None otherwise.
     Returns:
         ``{"float64": {...}, "float32": {...}}`` of max relative errors:
 
@@ -380,20 +479,23 @@ def compare_gan(G, D, x, z, torch_G=None, torch_D=None):
     xp = backend.xp_for(device)
     torch_device = next(torch_D.parameters()).device
 
+    labels = () if y is None else (backend.to_device(y, device),)
+    labels_torch = () if y is None else (torch.from_numpy(np.asarray(y).astype(np.int64)).to(torch_device),)
+
     def npsn_pass(G, D, x, z):
         """(D(x), dD(x)/dx summed over the batch, G(z)) of npsn models, as host arrays."""
-        d_out = D(x)
+        d_out = D(x, *labels)
         grad_x = D.backward(xp.ones_like(d_out))  # NCHW: D's first layer converts to channels-last
         D.zero_grad()
-        return _host(d_out), _host(grad_x), _host(G(z))
+        return _host(d_out), _host(grad_x), _host(G(z, *labels))
 
     def torch_pass(G, D, x, z):
         x = x.clone().requires_grad_(True)
-        d_out = D(x)
+        d_out = D(x, *labels_torch)
         d_out.backward(torch.ones_like(d_out))
         D.zero_grad(set_to_none=True)
         with torch.no_grad():
-            return _host(d_out), _host(x.grad), _host(G(z))
+            return _host(d_out), _host(x.grad), _host(G(z, *labels_torch))
 
     names = ("d_output", "d_input_grad", "g_output")
     x_npsn, z_npsn = backend.to_device(x, device), backend.to_device(z, device)
@@ -410,8 +512,8 @@ def compare_gan(G, D, x, z, torch_G=None, torch_D=None):
     with torch.no_grad():
         for m in models:
             m.eval()
-        float32["eval_d_output"] = relative_error(D(x_npsn), torch_D(x_torch))
-        float32["eval_g_output"] = relative_error(G(z_npsn), torch_G(z_torch))
+        float32["eval_d_output"] = relative_error(D(x_npsn, *labels), torch_D(x_torch, *labels_torch))
+        float32["eval_g_output"] = relative_error(G(z_npsn, *labels), torch_G(z_torch, *labels_torch))
         for m in models:
             m.train()
     return {"float64": float64, "float32": float32}
