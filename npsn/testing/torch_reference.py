@@ -550,6 +550,11 @@ class TorchTrainer:
     Like the Trainer: the D update runs G under ``torch.no_grad()`` and D once over real and fake
     concatenated; the G update runs D with ``requires_grad`` off; an iteration is ``n_dis`` D
     updates and one G update, with one device-to-host copy of the two losses.
+
+    A class-conditional trainer (``config.num_classes`` > 0) is mirrored too: the real images'
+    labels go to D with them, G's labels come from a copy of the trainer's ``label_noise`` stream,
+    drawn in the trainer's order (:func:`npsn.gan.updates.gan_iteration`: per D update the real
+    batch, z, then G's labels; then z and labels for the G update).
     """
 
     def __init__(self, trainer):
@@ -570,6 +575,12 @@ class TorchTrainer:
         self.stream.load_state_dict(trainer.stream.state_dict())
         self.noise = copy.deepcopy(trainer.noise)
         self.iteration = trainer.iteration
+        self.g_batch_size = getattr(trainer, "g_batch_size", c.batch_size)  # the z of a G update (Trainer.sample_g_z)
+        self.num_classes = getattr(c, "num_classes", 0)
+        if self.num_classes:
+            labels = np.asarray(backend.to_numpy(trainer.labels)).astype(np.int64)
+            self.labels = torch.from_numpy(labels).to(self.device)
+            self.label_noise = copy.deepcopy(trainer.label_noise)
 
     def synchronize(self):
         """Wait for the device (CUDA) to finish."""
@@ -578,9 +589,22 @@ class TorchTrainer:
 
     def real_batch(self):
         """The next real minibatch, NCHW float32 in [-1, 1]."""
+        return self.real_labelled_batch()[0]
+
+    def real_labelled_batch(self):
+        """The next real minibatch and its labels (a LongTensor, or None for an unconditional trainer)."""
         idx = self.torch.from_numpy(self.stream.next_indices()).to(self.device)
         # x = pixel / 127.5 - 1
-        return self.images[idx].float() / 127.5 - 1
+        return self.images[idx].float() / 127.5 - 1, (self.labels[idx] if self.num_classes else None)
+
+    def sample_y(self, n):
+        """n classes for G from the trainer's label stream (as ``Trainer.sample_y``), a LongTensor; None if unconditional."""
+        if not self.num_classes:
+            return None
+        from npsn.gan.trainer import sample_labels
+
+        y = sample_labels(self.label_noise, n, self.num_classes).astype(np.int64)
+        return self.torch.from_numpy(y).to(self.device)
 
     def sample_z(self, n):
         """n noise vectors from the trainer's generator (drawn on the host, as npsn does)."""
@@ -590,10 +614,13 @@ class TorchTrainer:
     def d_step(self):
         """One D update (:func:`npsn.gan.updates.discriminator_update`); returns the 0-d loss tensor."""
         torch, b = self.torch, self.config.batch_size
-        x_real = self.real_batch()
+        x_real, y_real = self.real_labelled_batch()
+        z = self.sample_z(b)
+        y_fake = self.sample_y(b)
         with torch.no_grad():
-            x_fake = self.G(self.sample_z(b))
-        logits = self.D(torch.cat([x_real, x_fake]))
+            x_fake = self.G(z) if y_fake is None else self.G(z, y_fake)
+        x = torch.cat([x_real, x_fake])
+        logits = self.D(x) if y_fake is None else self.D(x, torch.cat([y_real, y_fake]))
         loss = self.d_loss(logits[:b], logits[b:])
         self.opt_d.zero_grad(set_to_none=True)
         loss.backward()
@@ -602,10 +629,12 @@ class TorchTrainer:
 
     def g_step(self):
         """One G update through a frozen D (:func:`npsn.gan.updates.generator_update`); returns the loss."""
-        x_fake = self.G(self.sample_z(self.config.batch_size))
+        z = self.sample_z(self.g_batch_size)
+        y = self.sample_y(self.g_batch_size)
+        x_fake = self.G(z) if y is None else self.G(z, y)
         self.D.requires_grad_(False)
         try:
-            loss = self.g_loss(self.D(x_fake))
+            loss = self.g_loss(self.D(x_fake) if y is None else self.D(x_fake, y))
             self.opt_g.zero_grad(set_to_none=True)
             loss.backward()
         finally:
@@ -628,13 +657,14 @@ class TorchTrainer:
         return loss_d, loss_g
 
 
-def compare_training(trainer, torch_trainer, x, z, iterations=2):
+def compare_training(trainer, torch_trainer, x, z, iterations=2, y=None):
     """Whether an npsn Trainer and its :class:`TorchTrainer` compute the same, from the same state.
 
     Args:
         trainer, torch_trainer: holding the same weights (``TorchTrainer(trainer)`` before either trained).
         x, z: a fixed batch of images (N, 3, 32, 32) and noise (N, z_dim), float32 NumPy.
         iterations: training iterations run on each side.
+        y: labels (N,) int32 NumPy for a class-conditional trainer (:func:`compare_gan`'s ``y``).
     Returns:
         ``{"max_rel_error_float64": {...}, "max_rel_error_float32": {...}, "losses": {"npsn": [[d, g], ...],
         "torch": [...]}, "loss_error": e, "ok": bool}``: the two dicts of :func:`compare_gan`; each
@@ -646,7 +676,7 @@ def compare_training(trainer, torch_trainer, x, z, iterations=2):
     Parameters are not compared after training: biases that feed a BatchNorm have an exact
     gradient of 0, and Adam's first step moves them by about lr in the direction of the rounding noise.
     """
-    errors = compare_gan(trainer.G, trainer.D, x, z, torch_trainer.G, torch_trainer.D)
+    errors = compare_gan(trainer.G, trainer.D, x, z, torch_trainer.G, torch_trainer.D, y=y)
     float64, float32 = errors["float64"], errors["float32"]
     losses = {"npsn": [list(trainer.train_iteration()) for _ in range(iterations)],
               "torch": [list(torch_trainer.train_iteration()) for _ in range(iterations)]}
