@@ -263,3 +263,27 @@ def test_conditional_training_matches_pytorch(preset, tmp_path):
     # the first iteration (before Adam's first steps amplify float32 rounding) agrees closely
     first = zip(check["losses"]["npsn"][0], check["losses"]["torch"][0])
     assert max(abs(a - b) / max(abs(b), 1.0) for a, b in first) < 1e-5, check["losses"]
+
+
+def test_spectral_diagnostics_of_a_projection_discriminator():
+    """The SN embedding has its row (sigma of the class-vector matrix); the bound is None (the projection
+    is not a chain of 1-Lipschitz layers); gradient norms take (images, labels) pairs."""
+    from npsn.eval.spectral import gradient_norm_estimate, lipschitz_upper_bound, spectral_report
+
+    _, D = build_gan("cnn", g_ch=8, d_ch=4, seed=0, num_classes=K)
+    rng = np.random.default_rng(0)
+    x = np.tanh(rng.standard_normal((4, 3, 32, 32))).astype(np.float32)
+    y = np.array([0, 1, 2, 9], dtype=np.int32)
+    for sn in npsn.nn.spectral_layers(D):
+        sn[1].power_iteration(2000)  # converged u, v (a random 10 x 256 matrix's top singular values are close)
+    D(x, y)
+    report = spectral_report(D, n_iterations=50)
+    assert [row["layer"] for row in report][-2:] == ["16.linear", "16.embedding"]
+    row = report[-1]
+    assert row["kind"] == "Embedding"
+    assert row["sigma_svd"] == pytest.approx(npsn.exact_spectral_norm(D[16].embedding.weight_orig.data), rel=1e-6)
+    assert row["sigma_power"] == pytest.approx(row["sigma_svd"], rel=1e-3)
+    assert row["operator_norm"] == pytest.approx(1.0, rel=1e-3) == row["sigma_normalized_svd"]
+    assert lipschitz_upper_bound(D, report) is None
+    grads = gradient_norm_estimate(D, [(x, y)])
+    assert grads["n_samples"] == 4 and grads["grad_norm_max"] > 0

@@ -36,6 +36,7 @@ from npsn import backend
 from npsn.backend import get_array_module
 from npsn.nn.activations import LeakyReLU, ReLU, Sigmoid, Tanh
 from npsn.nn.conv import Conv2d, ConvTranspose2d
+from npsn.nn.embedding import Embedding
 from npsn.nn.linear import Linear
 from npsn.nn.module import Parameter, Sequential
 from npsn.nn.reshape import Flatten, Reshape, ToChannelsFirst, ToChannelsLast
@@ -156,6 +157,11 @@ def spectral_report(D, n_iterations=100, seed=0, tol=1e-7):
             raise RuntimeError(f"spectral_report: layer {name!r} has not run a forward yet; run D on a batch "
                                "first (operator norms depend on each layer's input shape)")
         w_sn, sigma = sn.normalized_weight()
+        if isinstance(sn.module, Embedding):  # a projection D's class vectors: the input is a label, not an image;
+            # as the linear map one_hot(y) -> W_SN^T one_hot(y) its operator norm is sigma_max(W_SN)
+            norm = exact_spectral_norm(w_sn, sn.dim)
+        else:
+            norm = operator_norm(sn, sn.last_input_shape, n_iterations=n_iterations, seed=seed, tol=tol)
         rows.append({
             "layer": name,
             "kind": type(sn.module).__name__,
@@ -163,7 +169,7 @@ def spectral_report(D, n_iterations=100, seed=0, tol=1e-7):
             "sigma_power": backend.to_float(sigma),
             "sigma_svd": exact_spectral_norm(sn.weight_orig.data, sn.dim),
             "sigma_normalized_svd": exact_spectral_norm(w_sn, sn.dim),
-            "operator_norm": operator_norm(sn, sn.last_input_shape, n_iterations=n_iterations, seed=seed, tol=tol),
+            "operator_norm": norm,
         })
     return rows
 
@@ -208,7 +214,8 @@ def gradient_norm_estimate(D, batches):
         D: a model mapping NCHW images (N, C, H, W) to logits (N, 1), whose samples do not interact
             (no batch statistics in eval mode): then backward of ones (N, 1) returns, in row i,
             the gradient of D(x_i) with respect to x_i alone.
-        batches: an iterable of input batches (N, C, H, W) on D's device.
+        batches: an iterable of input batches (N, C, H, W) on D's device; for a class-conditional
+            D, pairs (x, y) with y the classes (N,) int32 (D(x, y) is differentiated in x only).
     Returns:
         ``{"grad_norm_max": float, "grad_norm_mean": float, "n_samples": int}``.
 
@@ -226,11 +233,12 @@ def gradient_norm_estimate(D, batches):
         D.eval()
         for p, _ in flags:
             p.requires_grad = False
-        for x in batches:
+        for batch in batches:
+            x, y = batch if isinstance(batch, tuple) else (batch, None)
             if x.shape[0] == 0:
                 continue
             xp = get_array_module(x)
-            logits = D(x)
+            logits = D(x) if y is None else D(x, y)
             # row i: d D(x_i) / d x_i  (the logits of different samples do not depend on each other)
             grad = D.backward(xp.ones_like(logits))
             # ||grad_x D(x_i)||_2 per sample
