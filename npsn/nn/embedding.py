@@ -43,7 +43,20 @@ class Embedding(WeightLayer):
 
     The map is :meth:`forward_with` / :meth:`backward_with` for any weight array, so
     :class:`~npsn.nn.spectral_norm.SpectralNorm` composes: ``spectral_norm(Embedding(K, D))`` looks
-    rows up in W / sigma(W), the authors' ``SNEmbedID`` (see there for which axis is the matrix's rows).
+    rows up in W / sigma(W), the authors' ``SNEmbedID`` (pfnet-research/sngan_projection,
+    source/links/sn_embed_id.py).
+
+    *Which axis is the matrix's rows.* sigma(W) = sigma(W^T), so the normalized table is the same
+    either way; what the choice fixes is the shape of the persistent vectors and where the power
+    iteration starts. ``SNEmbedID`` keeps W as (in_size=K, out_size=D) and ``u`` of shape (1, K), and
+    each step (source/functions/max_sv.py) computes v = normalize(u W) (length D), then
+    u = normalize(v W^T) (length K): the K classes are the rows, u lives on the classes and v on
+    the features, and an update starts from the stored u. That is npsn's SpectralNorm with ``dim=0``,
+    its default for every layer but ConvTranspose2d, applied to W as stored (K, D): ``weight_u`` (K,),
+    ``weight_v`` (D,), v <- W^T u first, then u <- W v; ``torch.nn.utils.spectral_norm(nn.Embedding(K, D))``
+    chooses the same (dim=0), so the buffers load into PyTorch as they are. (The other orientation
+    would fit the view of the embedding as a Linear map on one-hot codes, e = W^T onehot(y), whose
+    weight is the (D, K) matrix W^T; it gives the same sigma, but not the authors' u.)
 
     >>> import numpy as np, npsn
     >>> emb = npsn.Embedding(3, 2, rng=np.random.default_rng(0))

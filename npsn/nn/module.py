@@ -2,8 +2,9 @@
 
 A :class:`Module` has
 
-* ``forward(x)`` (also ``module(x)``): computes the output and keeps, under named
-  attributes of a cache, exactly what its backward needs;
+* ``forward(x)`` (also ``module(x)``; a layer that takes class labels has ``forward(x, y)``,
+  ``module(x, y)``): computes the output and keeps, under named attributes of a cache, exactly
+  what its backward needs;
 * ``backward(grad_out) -> grad_in``: consumes that cache, returns dL/dx and *adds*
   dL/dp into each parameter's ``.grad`` (like ``loss.backward()`` in PyTorch, gradients
   accumulate until :meth:`Module.zero_grad`); inside ``with input_grad(module, False)`` it
