@@ -139,3 +139,27 @@ def test_gan_test_accuracy_counts_each_class_alone():
     assert result["gan_test_per_class"] == [0.5, 0.5, 1.0, None]
     assert result["gan_test_mean"] == pytest.approx(2 / 3)
 
+
+def test_evaluate_reports_gan_test_accuracy_of_a_conditional_run(archive, classifier_dir, tmp_path, capsys):
+    run = str(tmp_path / "conditional")
+    assert run_main("train_cifar.py", "--data", archive, "--conditional", *TINY_GAN, "--iterations", "2",
+                    "--out", run) == 0
+    out = str(tmp_path / "eval.json")
+    assert run_main("evaluate.py", run, "--data", archive, "--n", "30", "--classifier", classifier_dir,
+                    "--out", out) == 0
+    printed = capsys.readouterr().out
+    assert "GAN-test accuracy" in printed and "airplane" in printed and "GAN-test mean" in printed
+    result = json.load(open(out))
+    assert result["class_names"][0] == "airplane" and len(result["gan_test_per_class"]) == 10
+
+    # recomputed from the library: image i is drawn for class i mod 10, then classified
+    import npsn.eval.evaluation as evaluation
+    from npsn.gan.models import sample_latent
+    config, G, _, _ = evaluation.load_run(run)
+    y = cycle_labels(30, 10)
+    fake = unit_to_pixels(generate(G, sample_latent(np.random.default_rng([0, 5]), 30, config["z_dim"]), labels=y))
+    net, _ = load_classifier(classifier_dir)
+    predicted = net.logits(pixels_to_unit(fake, np)).argmax(axis=1)
+    expected = [float((predicted[y == k] == k).mean()) for k in range(10)]
+    assert result["gan_test_per_class"] == expected
+    assert result["gan_test_mean"] == pytest.approx(np.mean(expected))
