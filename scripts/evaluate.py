@@ -121,6 +121,9 @@ def main(argv=None):
         classifier = None
         if args.classifier is not None or os.path.exists(classifier_checkpoint_path(DEFAULT_CLASSIFIER_DIR)):
             classifier, _ = load_classifier(args.classifier or DEFAULT_CLASSIFIER_DIR, args.device)
+            if num_classes(G) and classifier.num_classes != num_classes(G):
+                raise RunError(f"the run has {num_classes(G)} classes but the classifier {classifier.num_classes}: "
+                               f"GAN-test needs a classifier of the run's classes (--classifier PATH)")
         out = args.out or os.path.join(args.run_dir if os.path.isdir(args.run_dir) else os.path.dirname(args.run_dir),
                                        "eval.json")
         problem = check_out(out)

@@ -163,3 +163,19 @@ def test_evaluate_reports_gan_test_accuracy_of_a_conditional_run(archive, classi
     expected = [float((predicted[y == k] == k).mean()) for k in range(10)]
     assert result["gan_test_per_class"] == expected
     assert result["gan_test_mean"] == pytest.approx(np.mean(expected))
+
+
+def test_a_classifier_of_other_classes_is_refused_for_a_conditional_run(archive, tmp_path, capsys):
+    from npsn.data.cifar10 import MinibatchStream
+    from npsn.eval.classifier_training import ClassifierConfig, ClassifierRun
+    five = ClassifierRun(ClassifierConfig(widths=(4, 8, 8), num_classes=5), str(tmp_path))
+    five.stream = MinibatchStream(10, 2, 0)
+    five.save(test_accuracy=None)
+    run = str(tmp_path / "conditional")
+    assert run_main("train_cifar.py", "--data", archive, "--conditional", *TINY_GAN, "--iterations", "1",
+                    "--out", run) == 0
+    capsys.readouterr()
+    assert run_main("evaluate.py", run, "--data", archive, "--n", "10", "--classifier", str(tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the run has 10 classes but the classifier 5" in err
+    assert not os.path.exists(os.path.join(run, "eval.json"))
