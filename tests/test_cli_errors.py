@@ -146,6 +146,7 @@ CASES = [
     ("resume: other batch size", RESUME + ["--batch-size", "16"], None, "batch_size=8"),
     ("resume: other width", RESUME + ["--d-ch", "16"], None, "d_ch=8"),
     ("resume: bad lr", RESUME + ["--lr", "-1"], None, "--lr: must be greater than 0"),
+    ("resume: conditional", RESUME + ["--conditional"], None, "--conditional: the run"),
     ("resume: already finished", ["--resume", "{tmp}/RUN"], None, "already at iteration 2 of 2"),
     ("resume: no such dir", ["--resume", "{tmp}/NOPE"], None, "no such run directory"),
     ("resume: not a run", ["--resume", "{tmp}"], None, "no checkpoint.npz there"),
@@ -165,6 +166,7 @@ CASES = [
      "not a JSON object"),
     ("config.json bad value", RESUME, lambda run, a: edit_config(run, lr="fast"), "lr must be a finite float"),
     ("config.json unknown key", RESUME, lambda run, a: edit_config(run, colour="red"), "unknown settings colour"),
+    ("config.json one class", RESUME, lambda run, a: edit_config(run, num_classes=1), "num_classes must be 0"),
     ("config.json differs from checkpoint", RESUME, lambda run, a: edit_config(run, z_dim=64),
      "trained with z_dim=128"),
     ("damaged log line", RESUME, lambda run, a: overwrite(os.path.join(run, "log.jsonl"), b"garbage\n", "ab") or
@@ -339,6 +341,13 @@ def test_sample_creates_missing_folders(good_run, tmp_path):
     out = str(tmp_path / "a" / "b" / "grid.png")
     assert run_main("sample.py", good_run, "--n", "4", "--out", out) == 0
     assert os.path.isfile(out)
+
+
+@pytest.mark.parametrize("option", [["--class", "3"], ["--class", "cat"], ["--grid"]])
+def test_class_options_on_an_unconditional_run_are_one_line(good_run, tmp_path, capsys, option):
+    assert run_main("sample.py", good_run, *option, "--out", str(tmp_path / "s.png")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is unconditional" in err and not os.listdir(tmp_path), err
 
 
 def test_evaluate_checks_n_and_out_before_computing(good_run, archive, tmp_path, capsys):

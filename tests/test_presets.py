@@ -58,20 +58,27 @@ def paper_cnn_discriminator():
             + conv(256, 256, 4) + conv(512, 256, 3) + [(1, 8192), (1,)])
 
 
-def resnet_generator(ch=256):
+def cond_bn(c, n_classes):
+    """CategoricalConditionalBatchNormalization(c, n_classes): gammas, betas = EmbedID(n_classes, c) each."""
+    return [(n_classes, c), (n_classes, c)]
+
+
+def resnet_generator(ch=256, n_classes=0):
     """sngan_projection ResNetGenerator(ch=256, dim_z=128, bottom_width=4): l1, block2..4 (b1, c1, b2, c2, c_sc),
-    b5, c5."""
-    block = bn(ch) + conv(ch, ch, 3) + bn(ch) + conv(ch, ch, 3) + conv(ch, ch, 1)
+    b5, c5; with n_classes the blocks' b1, b2 are conditional (b5 stays a plain BatchNormalization)."""
+    block_bn = cond_bn(ch, n_classes) if n_classes else bn(ch)
+    block = block_bn + conv(ch, ch, 3) + block_bn + conv(ch, ch, 3) + conv(ch, ch, 1)
     return [(16 * ch, 128), (16 * ch,)] + 3 * block + bn(ch) + conv(3, ch, 3)
 
 
-def resnet_discriminator(ch=128, final_bias=False):
+def resnet_discriminator(ch=128, final_bias=False, n_classes=0):
     """sngan_projection SNResNetProjectionDiscriminator(ch=128, n_classes=0): OptimizedBlock(3, ch), Block(down),
-    two Blocks, l5 = SNLinear(ch, 1, nobias=True)."""
+    two Blocks, l5 = SNLinear(ch, 1, nobias=True); with n_classes also l_y = SNEmbedID(n_classes, ch)."""
     optimized = conv(ch, 3, 3) + conv(ch, ch, 3) + conv(ch, 3, 1)
     down = conv(ch, ch, 3) + conv(ch, ch, 3) + conv(ch, ch, 1)
     plain = conv(ch, ch, 3) + conv(ch, ch, 3)
-    return optimized + down + 2 * plain + [(1, ch)] + ([(1,)] if final_bias else [])
+    return optimized + down + 2 * plain + [(1, ch)] + ([(1,)] if final_bias else []) + \
+        ([(n_classes, ch)] if n_classes else [])
 
 
 EXPECTED = {
@@ -81,6 +88,9 @@ EXPECTED = {
     "chainer-gan-lib-sndcgan": (dcgan_generator(), sndcgan_discriminator()),
     "resnet": (resnet_generator(), resnet_discriminator(final_bias=True)),
     "sngan-projection-resnet": (resnet_generator(), resnet_discriminator(final_bias=False)),
+    # configs/sn_cifar10.yml: n_classes 10
+    "sngan-projection-resnet-conditional": (resnet_generator(n_classes=10),
+                                            resnet_discriminator(final_bias=False, n_classes=10)),
 }
 
 # The parameter counts these definitions give (quoted in the README's preset table).
@@ -88,6 +98,7 @@ COUNTS = {
     "cnn": (3_813_379, 2_935_873), "paper-cnn-hinge": (3_813_379, 2_935_873),
     "paper-cnn-nonsaturating": (3_813_379, 2_935_873), "chainer-gan-lib-sndcgan": (3_828_739, 5_860_865),
     "resnet": (4_276_739, 1_053_825), "sngan-projection-resnet": (4_276_739, 1_053_824),
+    "sngan-projection-resnet-conditional": (4_304_387, 1_055_104),
 }
 
 
