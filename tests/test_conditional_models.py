@@ -1,4 +1,4 @@
-"""Class-conditional models: the unconditional ones unchanged, the conditional ones' gradients and their PyTorch mirror."""
+"""Class-conditional models: the unconditional ones unchanged, the conditional ones' gradients, their PyTorch mirror."""
 import hashlib
 
 import numpy as np
@@ -199,12 +199,13 @@ def test_conditional_layers_match_pytorch(name, mode):
         p.data = p.data + 0.5 * rng.standard_normal(p.data.shape)
     for m in layer.modules():
         if hasattr(m, "running_var"):
-            m.running_mean, m.running_var = rng.standard_normal(m.running_mean.shape), rng.uniform(0.5, 2, m.running_var.shape)
+            m.running_mean = rng.standard_normal(m.running_mean.shape)
+            m.running_var = rng.uniform(0.5, 2, m.running_var.shape)
     layer.train(mode == "train")
-    labels = np.array([3, 0, 1, 3, 2, 0, 1, 2], dtype=np.int32)
+    labels = np.array([3, 0, 1, 3, 2, 0, 1, 2], dtype=np.int32)  # every input shape has a batch of 8
     x = None if shape is None else rng.standard_normal(shape)
     mirror = tr.to_torch(layer)
-    errors = tr.compare_forward_backward(layer, x, torch_module=mirror, labels=labels[:8 if shape is None else shape[0]])
+    errors = tr.compare_forward_backward(layer, x, torch_module=mirror, labels=labels)
     expected = {"output"} | ({"input_grad"} if shape else set()) | {f"{n}.grad" for n, _ in layer.named_parameters()}
     assert set(errors) == expected
     assert max(errors.values()) < 1e-12, errors
@@ -216,7 +217,7 @@ def test_conditional_layers_match_pytorch(name, mode):
 
 @pytest.mark.parametrize("name", MODELS)
 def test_conditional_models_match_pytorch(name):
-    """G(z, y) and D(x, y) against their mirrors, float64, training mode: outputs, input and every parameter gradient."""
+    """G(z, y) and D(x, y) against their mirrors, float64, training mode: outputs, input and parameter gradients."""
     tr = _torch_reference()
     rng = np.random.default_rng(0)
     G, D = (m.to(dtype=np.float64) for m in build_gan(name, z_dim=8, g_ch=16, d_ch=4, seed=0, num_classes=3))

@@ -149,7 +149,7 @@ LABELLED_LAYERS = [
 
 
 def check_labelled_gradients(module, x, labels, seed=0, h=1e-6):
-    """Like ``check_module_gradients`` for ``module(x, labels)`` (``module(labels)`` when x is None): relative errors."""
+    """``check_module_gradients`` for ``module(x, labels)`` (``module(labels)`` if x is None): relative errors."""
     xp = npsn.get_array_module(labels)
     call = (lambda: module(labels)) if x is None else (lambda: module(x, labels))
     snapshot = [(m, name, b.copy()) for m in module.modules() for name, b in m._buffers.items()]

@@ -32,6 +32,7 @@ The new parameters are drawn last, so the layers shared with the unconditional m
 initial weights for one seed.
 """
 
+from npsn.gan.resnet import projection_output
 from npsn.nn import init
 from npsn.nn.activations import LeakyReLU, ReLU, Tanh
 from npsn.nn.batchnorm import BatchNorm1d, BatchNorm2d
@@ -43,7 +44,6 @@ from npsn.nn.linear import Linear
 from npsn.nn.module import Sequential
 from npsn.nn.reshape import Flatten, Reshape, ToChannelsFirst, ToChannelsLast
 from npsn.nn.spectral_norm import SpectralNorm
-from npsn.gan.resnet import projection_output
 
 
 DENSE_BN = ("channels", "features")

@@ -14,7 +14,7 @@ from npsn.nn.module import Parameter
 
 @elementwise
 def _class_affine(x_hat, gamma, beta):
-    r"""y = \gamma_{y_n} \hat x + \beta_{y_n} (gamma, beta: the rows of each sample's class, broadcast over positions)."""
+    r"""y = \gamma_{y_n} \hat x + \beta_{y_n} (gamma, beta: the rows of sample n's class, broadcast over positions)."""
     return gamma * x_hat + beta
 
 
@@ -116,7 +116,7 @@ class CategoricalConditionalBatchNorm1d(_CategoricalConditionalBatchNorm, BatchN
 
 
 class CategoricalConditionalBatchNorm2d(_CategoricalConditionalBatchNorm, BatchNorm2d):
-    r"""Conditional BN of channels-last images (N, H, W, C) with labels (N,). See :class:`_CategoricalConditionalBatchNorm`.
+    r"""Conditional BN of channels-last images (N, H, W, C), labels (N,). See :class:`_CategoricalConditionalBatchNorm`.
 
     >>> import numpy as np, npsn
     >>> bn = npsn.CategoricalConditionalBatchNorm2d(4, num_classes=10)

@@ -598,7 +598,7 @@ class TorchTrainer:
         return self.images[idx].float() / 127.5 - 1, (self.labels[idx] if self.num_classes else None)
 
     def sample_y(self, n):
-        """n classes for G from the trainer's label stream (as ``Trainer.sample_y``), a LongTensor; None if unconditional."""
+        """n classes for G from the trainer's label stream (as ``Trainer.sample_y``), a LongTensor (None: unconditional)."""
         if not self.num_classes:
             return None
         from npsn.gan.trainer import sample_labels
