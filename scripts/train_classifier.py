@@ -7,7 +7,7 @@ Writes --out (default runs/classifier, where scripts/evaluate.py looks by defaul
 log.jsonl (one line per epoch: train loss and accuracy, test accuracy, seconds) and
 checkpoint.npz (after every epoch). The network and recipe are described in
 npsn/eval/classifier.py and npsn/eval/classifier_training.py (SGD Nesterov, one-cycle learning
-rate, random crops and flips; 8 epochs reach about 80% test accuracy in ~40 minutes on one CPU core).
+rate, random crops and flips; 8 epochs reached 82% test accuracy in 41 minutes on one shared CPU core).
 
 A new run never overwrites anything: --out must be a new or an empty directory. --resume continues
 a run from its last complete epoch with the run's own settings (only --data may be given again,
