@@ -267,8 +267,8 @@ def main(argv=None):
         write_json_atomic(os.path.join(out_dir, "config.json"), dict(dataclasses.asdict(config), data=data,
                                                                      source=source))
         kind = f"class-conditional ({config.num_classes} classes) " if config.num_classes else ""
-        print(f"npsn: {'resuming' if args.resume else 'training'} {kind}{config.model} on {len(images)} CIFAR-10 images "
-              f"({data}), device {config.device}, run dir {out_dir}")
+        print(f"npsn: {'resuming' if args.resume else 'training'} {kind}{config.model} on {len(images)} CIFAR-10 "
+              f"images ({data}), device {config.device}, run dir {out_dir}")
         print(f"preset {config.preset or '(none)'}: {source}")
         print("settings: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(config).items()))
         if args.resume:

@@ -150,8 +150,8 @@ ARCHITECTURE_FIELDS = ("model", "z_dim", "g_ch", "d_ch", "sn", "sn_mode", "d_fin
 
 # Options a resumed run may change: how long it trains, its learning-rate schedule, what it
 # writes and when, and where it runs. Every other option of TrainConfig (model, loss, widths,
-# z_dim, sn, sn_mode, batch sizes, betas, n_dis, seed, preset, z_dist, pixels, d_final_bias, num_classes) is fixed by its
-# checkpoint: they decide the architecture, the draws from the random streams, or what a G update averages over.
+# z_dim, sn, sn_mode, batch sizes, betas, n_dis, seed, preset, z_dist, pixels, d_final_bias, num_classes) is fixed
+# by its checkpoint: they decide the architecture, the draws from the random streams, or what a G update averages over.
 RESUMABLE_OPTIONS = ("iterations", "lr", "lr_decay", "device", "log_every", "sample_every", "checkpoint_every",
                      "checkpoint_minutes", "eval_every", "eval_images")
 
