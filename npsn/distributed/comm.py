@@ -102,7 +102,7 @@ class MPICommunicator(SingleProcess):
         self.local_rank, self.local_size = local.Get_rank(), local.Get_size()
         local.Free()
         self._nccl = None  # the NCCL communicator, made at the first CuPy collective (on the current GPU)
-        self.name = f"MPI ({MPI.Get_library_version().splitlines()[0].strip()}), {self.size} ranks"
+        self.name = f"MPI ({' '.join(MPI.Get_library_version().split()[:3])}), {self.size} ranks"
 
     def _nccl_comm(self):
         if self._nccl is None:
