@@ -60,6 +60,11 @@ def local_slice(n, comm):
 class DistributedTrainer(Trainer):
     """A :class:`~npsn.gan.trainer.Trainer` for one rank of a data-parallel run.
 
+    Invariant between iterations (from the first :meth:`run` on): every rank holds the same G and
+    D (weights, SN's u and v, BN statistics), the same optimizer state, data stream and noise
+    generators, and the same ``iteration`` -- rank 0's, broadcast once and then kept by applying
+    the same averaged update everywhere.
+
     Args:
         config, images, out_dir, resume: as :class:`~npsn.gan.trainer.Trainer` (``batch_size`` and
             the G batch are global: each must be divisible by ``comm.size``).
@@ -185,5 +190,7 @@ class DistributedTrainer(Trainer):
     def run(self, until=None, progress=True):
         """:meth:`~npsn.gan.trainer.Trainer.run` on every rank (the progress bar on rank 0's terminal only)."""
         if not self.synchronized:
-            self.synchronize()
+            differed = self.synchronize()
+            if differed and self.is_root:
+                self.notice(f"note: ranks {differed} had built a different initial state; they now hold rank 0's")
         return super().run(until, progress=progress and self.is_root)
