@@ -259,6 +259,10 @@ def train(args, comm=None, stop=None):
                              f"(or run one process)")
         if args.local_bn and comm is None:
             raise UsageError("--local-bn is for --distributed runs")
+        if args.download and comm is not None:
+            raise UsageError("--download with --distributed would download once per rank: download first with "
+                             "python -c \"from npsn.data.cifar10 import download_cifar10; download_cifar10('data')\", "
+                             "then give --data data")
         # 1. everything that can be checked without the data; nothing is written
         config, out_dir, stored = build_config(args)
         if args.resume:

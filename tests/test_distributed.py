@@ -178,11 +178,17 @@ def test_script_refuses_a_batch_not_divisible_by_the_ranks_in_one_line(archive, 
     assert not out.exists()
 
 
-def test_script_refuses_ranks_without_distributed(archive, tmp_path):
-    done = launch(SCRIPT, "--data", archive, *TINY, "--out", str(tmp_path / "run"), check=False)
+@pytest.mark.parametrize("options, message", [
+    ((), "started as 2 MPI ranks without --distributed: add --distributed (or run one process)"),
+    (("--distributed", "--download"), "--download with --distributed would download once per rank"),
+])
+def test_script_refuses_in_one_line_before_writing(archive, tmp_path, options, message):
+    out = tmp_path / "run"
+    done = launch(SCRIPT, "--data", archive, *TINY, "--out", str(out), *options, check=False)
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == [
-        "error: started as 2 MPI ranks without --distributed: add --distributed (or run one process)"]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: " + message), done.stderr
+    assert not out.exists()
 
 
 def _start_long_run(archive, out):
