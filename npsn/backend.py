@@ -207,3 +207,61 @@ class Elementwise:
 
 #: Fused CuPy kernels of closure-free functions, by their code object.
 _FUSED = {}
+
+
+# ------------------------------------------------------------------ several GPUs (npsn.distributed)
+# npsn.distributed.comm calls these for CuPy buffers; NCCL comes with CuPy (cupy.cuda.nccl).
+
+def gpu_count():
+    """The number of CUDA devices this process sees (0 without CuPy or a GPU)."""
+    try:
+        return _cupy_or_error().cuda.runtime.getDeviceCount()
+    except DeviceError:
+        return 0
+
+
+def use_gpu(index):
+    """Make CUDA device ``index`` current: every CuPy array made afterwards lives on it."""
+    _cupy_or_error().cuda.Device(index).use()
+
+
+def _nccl():
+    cupy = _cupy_or_error()
+    from cupy.cuda import nccl
+    if not nccl.available:
+        raise DeviceError("GPU ranks need NCCL, which CuPy could not load; install it, e.g. "
+                          "`pip install nvidia-nccl-cu12` for CUDA 12")
+    return nccl, cupy
+
+
+def _nccl_dtype(nccl, array):
+    types = {np.dtype(np.float32): nccl.NCCL_FLOAT32, np.dtype(np.float64): nccl.NCCL_FLOAT64,
+             np.dtype(np.int64): nccl.NCCL_INT64}
+    if array.dtype not in types:
+        raise TypeError(f"NCCL collectives here take float32, float64 or int64 buffers, got {array.dtype}")
+    return types[array.dtype]
+
+
+def nccl_unique_id():
+    """A new NCCL unique id (a tuple of ints): made on one rank, sent to the others over MPI."""
+    nccl, _ = _nccl()
+    return nccl.get_unique_id()
+
+
+def nccl_communicator(size, unique_id, rank):
+    """This rank's NCCL communicator on the current GPU (every rank calls it with the same id)."""
+    nccl, _ = _nccl()
+    return nccl.NcclCommunicator(size, unique_id, rank)
+
+
+def nccl_allreduce_sum(comm, array):
+    """Sum a contiguous CuPy ``array`` over the NCCL communicator's ranks, in place, on the current stream."""
+    nccl, cupy = _nccl()
+    comm.allReduce(array.data.ptr, array.data.ptr, array.size, _nccl_dtype(nccl, array), nccl.NCCL_SUM,
+                   cupy.cuda.get_current_stream().ptr)
+
+
+def nccl_bcast(comm, array, root):
+    """Overwrite a contiguous CuPy ``array`` with rank ``root``'s, in place, on the current stream."""
+    nccl, cupy = _nccl()
+    comm.bcast(array.data.ptr, array.size, _nccl_dtype(nccl, array), root, cupy.cuda.get_current_stream().ptr)

@@ -15,3 +15,12 @@ benchmark's memory probes) inherit the environment.
 import os
 
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+# The ranks an MPI launcher starts on one node share its cores: each gets cores / (ranks on the node) BLAS
+# threads (MPICH's hydra sets MPI_LOCALNRANKS, Open MPI OMPI_COMM_WORLD_LOCAL_SIZE); npsn's own host
+# threads are split the same way by npsn.distributed.launch.place_rank.
+_local_ranks = os.environ.get("MPI_LOCALNRANKS") or os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE") or "1"
+if _local_ranks.isdigit() and int(_local_ranks) > 1:
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_name, str(max(1, _cores // int(_local_ranks))))

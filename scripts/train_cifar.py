@@ -29,6 +29,9 @@ written on its left. The preset sngan-projection-resnet-conditional is the autho
 Checkpoints: every --checkpoint-every iterations, every --checkpoint-minutes (default 10), at the
 end and on Ctrl-C/SIGTERM; a first sample grid at iteration 1. A failed write (e.g. a full disk)
 stops training with the last good checkpoint named; --resume continues from it.
+
+Data-parallel: `mpiexec -n R python scripts/train_cifar.py --distributed ...` trains on R ranks (one
+device each; --batch-size stays the global batch and must be divisible by R); rank 0 writes the run.
 """
 import preamble  # noqa: F401  (before NumPy: see scripts/preamble.py)
 
@@ -110,6 +113,11 @@ def parse_args(argv=None):
                    help="also a checkpoint when this many minutes have passed since the last one (default 10; 0: off)")
     p.add_argument("--eval-every", type=int, help="SWD and spectral diagnostics every N iterations (0: off)")
     p.add_argument("--eval-images", type=int, help="real and generated images used for SWD")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel over the ranks mpiexec starts (mpi4py; see the README)")
+    p.add_argument("--local-bn", action="store_true",
+                   help="with --distributed: G's BatchNorm uses each rank's own statistics (DDP without SyncBN; "
+                        "the result then depends on the number of ranks)")
     args = p.parse_args(argv)
     if args.d_final_bias is not None:
         args.d_final_bias = args.d_final_bias == "yes"
@@ -228,12 +236,53 @@ def _interrupt(signum, frame):
 
 def main(argv=None):
     args = parse_args(argv)
+    comm, stop = None, None
+    if args.distributed:
+        from npsn.distributed import launch
+        from npsn.distributed.trainer import StopRequest
+
+        try:
+            comm = launch.start()
+        except RuntimeError as exc:  # DistributedError: no mpi4py
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        # Ctrl-C and SIGTERM become a stop request that every rank honours after the same iteration.
+        stop = StopRequest()
+        signal.signal(signal.SIGINT, stop.handler)
+        signal.signal(signal.SIGTERM, stop.handler)
+        code = train(args, comm, stop)
+        comm.barrier()  # every exit that reaches here is one all ranks took together (rank 0 has written)
+        return code
     # SIGTERM (a job scheduler, `kill`) stops training like Ctrl-C: with a checkpoint.
     signal.signal(signal.SIGTERM, _interrupt)
-    trainer, written = None, False
+    return train(args)
+
+
+def train(args, comm=None, stop=None):
+    """The run: validate, load, build, write, train; returns the exit status.
+
+    With ``comm`` (``--distributed``), every rank validates and the ranks agree (the first
+    problem of any rank stops all of them before anything is written); rank 0 alone writes and
+    prints; a failure that only some ranks see stops all ranks through MPI Abort.
+    """
+    root = comm.rank == 0 if comm is not None else _launched_rank() == 0  # mpiexec without --distributed: one line
+    say = print if root else (lambda *a, **k: None)
+    trainer, written, agreed = None, False, False
     try:
+        if comm is None and not args.distributed and _launched_ranks() > 1:
+            raise UsageError(f"started as {_launched_ranks()} MPI ranks without --distributed: add --distributed "
+                             f"(or run one process)")
+        if args.local_bn and comm is None:
+            raise UsageError("--local-bn is for --distributed runs")
+        if args.download and comm is not None:
+            raise UsageError("--download with --distributed would download once per rank: download first with "
+                             "python -c \"from npsn.data.cifar10 import download_cifar10; download_cifar10('data')\", "
+                             "then give --data data")
         # 1. everything that can be checked without the data; nothing is written
         config, out_dir, stored = build_config(args)
+        if comm is not None and config.num_classes:
+            raise UsageError("--distributed does not train class-conditional runs yet (labels are not split between "
+                             "ranks, and conditional BN has no synchronized twin): train it in one process")
         if args.resume:
             read_log(os.path.join(out_dir, "log.jsonl"))  # a damaged line other than a torn last one stops here
         backend.check_device(config.device)
@@ -245,66 +294,138 @@ def main(argv=None):
         if config.batch_size > len(images):
             raise UsageError(f"argument --batch-size: {config.batch_size} is more than the {len(images)} "
                              f"training images")
+        if comm is not None:
+            for name in ("batch_size", "g_batch_size"):
+                if getattr(config, name) % comm.size:
+                    raise UsageError(f"argument {flag(name)}: {getattr(config, name)} is the global batch and must "
+                                     f"be divisible by the {comm.size} ranks; give a multiple of {comm.size}")
+            placed = launch_place(config.device, comm)
         # Large im2col temporaries: keep freed memory for reuse instead of page-faulting it back each step.
         keep_freed_memory()
         try:
-            trainer = Trainer(config, images, out_dir, resume=bool(args.resume), labels=labels, class_names=names)
+            if comm is None:
+                trainer = Trainer(config, images, out_dir, resume=bool(args.resume), labels=labels, class_names=names)
+            else:
+                from npsn.distributed.trainer import DistributedTrainer
+
+                trainer = DistributedTrainer(config, images, out_dir, comm, resume=bool(args.resume),
+                                             sync_bn=not args.local_bn, stop=stop)
         except (KeyError, ValueError, TypeError) as exc:
             raise UsageError(f"{os.path.join(out_dir, 'checkpoint.npz')} does not fit the run's config.json "
                              f"({type(exc).__name__}: {fit(exc)}); restore both from a copy") from None
-        if config.eval_every:
+        if config.eval_every and root:
             from npsn.eval.evaluation import make_evaluator
 
             trainer.evaluator = make_evaluator(config, images, labels)
+        if comm is not None:  # every rank has validated: the first problem of any rank stops them all
+            agreed = True
+            problem = _agree(comm, None)
+            if problem:
+                raise UsageError(problem)
         # 3. everything is valid: write
         written = True
-        os.makedirs(out_dir, exist_ok=True)
-        for tmp in stale_temp_files(out_dir):
-            os.remove(tmp)
-            print(f"note: removed {tmp} (a partial checkpoint left by a process killed during a save)",
-                  file=sys.stderr)
         source = PRESET_SOURCES.get(config.preset, "no preset")
-        write_json_atomic(os.path.join(out_dir, "config.json"), dict(dataclasses.asdict(config), data=data,
-                                                                     source=source))
+        if root:
+            os.makedirs(out_dir, exist_ok=True)
+            for tmp in stale_temp_files(out_dir):
+                os.remove(tmp)
+                print(f"note: removed {tmp} (a partial checkpoint left by a process killed during a save)",
+                      file=sys.stderr)
+            write_json_atomic(os.path.join(out_dir, "config.json"), dict(dataclasses.asdict(config), data=data,
+                                                                         source=source))
         kind = f"class-conditional ({config.num_classes} classes) " if config.num_classes else ""
-        print(f"npsn: {'resuming' if args.resume else 'training'} {kind}{config.model} on {len(images)} CIFAR-10 "
-              f"images ({data}), device {config.device}, run dir {out_dir}")
-        print(f"preset {config.preset or '(none)'}: {source}")
-        print("settings: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(config).items()))
+        say(f"npsn: {'resuming' if args.resume else 'training'} {kind}{config.model} on {len(images)} CIFAR-10 "
+            f"images ({data}), device {config.device}, run dir {out_dir}")
+        if comm is not None:
+            say(f"data-parallel: {comm.name}, global batch {config.batch_size} = {comm.size} x "
+                f"{config.batch_size // comm.size}, G's BatchNorm {'per rank' if args.local_bn else 'synchronized'}; "
+                f"rank 0: {placed}")
+        say(f"preset {config.preset or '(none)'}: {source}")
+        say("settings: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(config).items()))
         if args.resume:
-            print(f"resuming from iteration {trainer.iteration} of {config.iterations}")
+            say(f"resuming from iteration {trainer.iteration} of {config.iterations}")
         loss_d, loss_g = trainer.run()
     except (UsageError, RunDirError, CIFAR10Error, backend.DeviceError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        message = str(exc)
+        if comm is not None and not agreed:
+            message = _agree(comm, message)
+        if root:
+            print(f"error: {message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        if trainer is None or not written:
+    except KeyboardInterrupt:  # with --distributed: RanksStopped, raised on every rank after the same iteration
+        if not root:
+            pass
+        elif trainer is None or not written:
             print("\ninterrupted before training started; nothing was written", file=sys.stderr)
         elif trainer.saved_iteration == trainer.iteration:
             print(f"\ninterrupted at iteration {trainer.iteration}; checkpoint written. "
-                  f"Continue with: python scripts/train_cifar.py --resume {out_dir}", file=sys.stderr)
+                  f"Continue with: {_command(comm)} --resume {out_dir}", file=sys.stderr)
         else:
             print(f"\ninterrupted at iteration {trainer.iteration} before its checkpoint was complete; "
                   f"{last_good(trainer)}", file=sys.stderr)
         return 130
-    except TrainingDiverged as exc:
-        print(f"\nerror: training stopped: {exc}. {last_good(trainer)[0].upper()}{last_good(trainer)[1:]}",
-              file=sys.stderr)
+    except TrainingDiverged as exc:  # with --distributed: the global losses and parameters, so on every rank
+        if root:
+            print(f"\nerror: training stopped: {exc}. {last_good(trainer)[0].upper()}{last_good(trainer)[1:]}",
+                  file=sys.stderr)
         return 1
     except MemoryError:
-        print(f"\nerror: out of memory with --batch-size {config.batch_size} ({config.model}); "
+        print(f"\nerror: {_rank(comm)}out of memory with --batch-size {config.batch_size} ({config.model}); "
               f"try a smaller --batch-size" + (f"; {last_good(trainer)}" if trainer else ""), file=sys.stderr)
-        return 1
+        return _stop_all(comm, 1)
     except OSError as exc:
         where = f" at iteration {trainer.iteration}" if trainer else ""
         reason = f"{exc.strerror}: {exc.filename}" if exc.strerror and exc.filename else fit(exc)
-        print(f"\nerror: a write failed{where} ({reason}); training stopped, {last_good(trainer) if trainer else ''}"
-              f"{'; ' if trainer else ''}free space (or fix the folder), then continue with: "
-              f"python scripts/train_cifar.py --resume {out_dir}", file=sys.stderr)
-        return 1
-    print(f"done: iteration {trainer.iteration}, loss_d {loss_d:.4f}, loss_g {loss_g:.4f}; "
-          f"samples and checkpoint in {out_dir}")
+        print(f"\nerror: {_rank(comm)}a write failed{where} ({reason}); training stopped, "
+              f"{last_good(trainer) if trainer else ''}{'; ' if trainer else ''}free space (or fix the folder), "
+              f"then continue with: {_command(comm)} --resume {out_dir}", file=sys.stderr)
+        return _stop_all(comm, 1)
+    say(f"done: iteration {trainer.iteration}, loss_d {loss_d:.4f}, loss_g {loss_g:.4f}; "
+        f"samples and checkpoint in {out_dir}")
     return 0
+
+
+# ---------------------------------------------------------------- --distributed (npsn.distributed.launch)
+
+def _launched_ranks():
+    from npsn.distributed.launch import launcher_size
+
+    return launcher_size()
+
+
+def _launched_rank():
+    from npsn.distributed.launch import launcher_rank
+
+    return launcher_rank()
+
+
+def launch_place(device, comm):
+    from npsn.distributed.launch import place_rank
+
+    return place_rank(device, comm)
+
+
+def _agree(comm, problem):
+    from npsn.distributed.launch import agree
+
+    return agree(comm, problem)
+
+
+def _rank(comm):
+    return "" if comm is None else f"rank {comm.rank}: "
+
+
+def _command(comm):
+    prefix = "" if comm is None else f"mpiexec -n {comm.size} "
+    return f"{prefix}python scripts/train_cifar.py" + (" --distributed" if comm is not None else "")
+
+
+def _stop_all(comm, code):
+    """``code``; with --distributed, a failure other ranks did not see: stop them all now (MPI Abort)."""
+    if comm is not None:
+        print(f"error: {_rank(comm)}stopping all {comm.size} ranks", file=sys.stderr)
+        comm.abort(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ from gradcheck import check_module_gradients, numerical_gradient, relative_error
 from npsn.nn.activations import Scale
 from npsn.nn.maxpool import MaxPool2d
 from npsn.backend import to_device
+from npsn.distributed.comm import SingleProcess
+from npsn.nn.sync_batchnorm import SyncBatchNorm2d
 from npsn.gan.resnet import discriminator_block, generator_block, optimized_discriminator_block
 
 TOLERANCE = 1e-6
@@ -48,6 +50,8 @@ LAYERS = [
     ("ConvTranspose2d(k3,s2,p0)", lambda rng: npsn.ConvTranspose2d(2, 3, 3, 2, 0, rng=rng), (1, 3, 3, 2)),
     ("BatchNorm1d", _bn_with_running_stats(npsn.BatchNorm1d, 4), (6, 4)),
     ("BatchNorm2d", _bn_with_running_stats(npsn.BatchNorm2d, 3), (2, 3, 3, 3)),
+    # one rank (no MPI): the same math as BatchNorm; tests/test_distributed.py checks 2 ranks against differences
+    ("SyncBatchNorm2d", _bn_with_running_stats(lambda c: SyncBatchNorm2d(c, SingleProcess()), 3), (2, 3, 3, 3)),
     ("ReLU", lambda rng: npsn.ReLU(), (3, 7)),
     ("LeakyReLU(0.1)", lambda rng: npsn.LeakyReLU(0.1), (3, 7)),
     ("Tanh", lambda rng: npsn.Tanh(), (3, 7)),

@@ -445,6 +445,10 @@ class Trainer:
         finally:
             self.G.train()
 
+    def _open_log(self):
+        """The log file, opened for appending (a data-parallel rank other than 0 writes nowhere)."""
+        return open(self.log_path, "a")
+
     def _truncate_log(self):
         """Drop log lines written after the checkpoint we resume from (a crash may have left some),
         and a torn last line (a crash in mid-write), with a notice."""
@@ -481,7 +485,7 @@ class Trainer:
         images_per_iteration = c.n_dis * c.batch_size
         t_last, it_last = time.perf_counter(), self.iteration
         try:
-            with open(self.log_path, "a") as log:
+            with self._open_log() as log:
                 while self.iteration < until:
                     t0 = time.perf_counter()
                     losses = self.train_iteration()
