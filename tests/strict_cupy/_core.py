@@ -265,7 +265,7 @@ def _call(qualname, fn, args, kwargs, *, refuse_numpy=True, counted=True, transf
     host = transfer and not _contains(source, ndarray)  # a NumPy array, list or scalar: copied to the device
     np_args = _unwrap(args, refuse_numpy and not transfer, where)
     np_kwargs = {k: _unwrap(v, refuse_numpy, where) for k, v in kwargs.items()}
-    if counted:
+    if counted and not host:  # a plain copy from the host needs no compiled kernel
         _check_kernel(qualname)
     result = fn(*np_args, **np_kwargs)
     if host:
