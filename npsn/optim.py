@@ -46,7 +46,7 @@ class Optimizer:
         HYPERPARAMETERS: ``{name: type}`` of the attributes saved in the state dict;
         STATE_SCALARS: ``{name: type}`` of per-parameter Python scalars (e.g. ``step``);
         STATE_ARRAYS: names of per-parameter arrays shaped like the parameter;
-    and implement ``_check_hyperparameters()`` and ``_update(i, param, state)``.
+    and implement ``_check_hyperparameters()`` and ``_update(i, param, grad, state)``.
 
     Invariant between calls: ``flat`` is None (parameters of mixed dtypes or devices) or a
     :class:`~npsn.nn.flat.FlatParameters` of ``params``, whose views a step first re-adopts should a
