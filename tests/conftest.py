@@ -53,6 +53,16 @@ def device(request):
 
 
 @pytest.fixture
+def gpu():
+    """Device "gpu" alone, on what the ``device`` fixture's "gpu" run uses (real CuPy, else the stand-in)."""
+    module = gpu_module()
+    if module == "skip":
+        pytest.skip("NPSN_TEST_GPU=cupy and no CuPy with a usable CUDA device here")
+    with backend.use_gpu_module(module):
+        yield "gpu"
+
+
+@pytest.fixture
 def xp(device):
     return backend.xp_for(device)
 
