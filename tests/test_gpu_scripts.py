@@ -56,3 +56,38 @@ def test_train_checkpoint_resume_sample_evaluate_on_the_gpu_path(archive, tmp_pa
     assert run_main("sample.py", full, "--n", "10", "--out", npz, "--device", "gpu", "--seed", "3") == 0
     assert Image.open(png).size[0] > 0 and np.load(npz)["images"].shape[0] == 10
     assert run_main("evaluate.py", full, "--data", archive, "--n", "16", "--device", "gpu") == 0
+
+
+def test_toy_2d_on_the_gpu_path_and_its_worker_start_method(tmp_path, strict_gpu):
+    out = str(tmp_path / "toy")
+    with strict_gpu.counting() as counts:
+        summary = run_main("toy_2d.py", "--dataset", "ring", "--sn", "--seeds", "1", "--iterations", "3",
+                           "--batch-size", "16", "--eval-samples", "64", "--out", out, "--device", "gpu")
+    assert isinstance(summary, dict) and counts.ops > 0  # main returns the summary (2 for an unusable GPU)
+    assert and os.path.exists(os.path.join(out, "results.json"))
+    import runpy
+
+    from test_scripts import SCRIPTS
+    toy = runpy.run_path(os.path.join(SCRIPTS, "toy_2d.py"), run_name="npsn_script_under_test")
+    # a forked child cannot use the parent's CUDA context: spawn on the GPU, the platform default on the CPU
+    assert toy["pool_context"]("gpu").get_start_method() == "spawn" and toy["pool_context"]("cpu") is None
+
+
+def test_breakdown_synchronizes_around_each_timed_kernel(monkeypatch):
+    from benchmarks.breakdown import time_breakdown
+    from npsn.nn import conv
+
+    events = []
+    monkeypatch.setattr(conv, "gather_forward", lambda: events.append("kernel"))
+
+    class Side:
+        def synchronize(self):
+            events.append("sync")
+
+        def iteration(self):
+            conv.gather_forward()
+
+    parts = time_breakdown(Side(), repeats=1, warmup=0)
+    # around the iteration, and inside it around the kernel: the clock never times queued work
+    assert events == ["sync", "sync", "kernel", "sync", "sync"]
+    assert conv.gather_forward.__name__ == "<lambda>" and parts["iteration"] >= parts["matrix_products"]
