@@ -64,7 +64,7 @@ def test_toy_2d_on_the_gpu_path_and_its_worker_start_method(tmp_path, strict_gpu
         summary = run_main("toy_2d.py", "--dataset", "ring", "--sn", "--seeds", "1", "--iterations", "3",
                            "--batch-size", "16", "--eval-samples", "64", "--out", out, "--device", "gpu")
     assert isinstance(summary, dict) and counts.ops > 0  # main returns the summary (2 for an unusable GPU)
-    assert and os.path.exists(os.path.join(out, "results.json"))
+    assert os.path.exists(os.path.join(out, "results.json"))
     import runpy
 
     from test_scripts import SCRIPTS
