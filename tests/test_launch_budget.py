@@ -2,7 +2,7 @@
 
 A GPU iteration of npsn is launch-bound (each operation costs microseconds of Python and launch
 overhead), so the budget is on counts: at most 950 device operations (before the flat Adam, the
-fused BatchNorm/SN kernels and the phase-grouped col2im: 1,436 on the same stand-in), at most one
+fused BatchNorm/SN kernels and the grouped col2im: 1,436 on the same stand-in; 742 after), at most one
 host wait (the losses read back for the divergence check) and at most three host-to-device copies
 (the real batch and the two batches of z) per iteration of the ``cnn`` preset at batch 64 (n_dis 1).
 The counting rules are the stand-in's (``tests/strict_cupy``); ``bench.py --device gpu`` prints
