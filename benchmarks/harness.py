@@ -13,6 +13,7 @@ import tempfile
 import npsn  # noqa: F401  (loads NumPy after the thread settings)
 from benchmarks.breakdown import time_breakdown
 from benchmarks.environment import apply_allocator, environment_report, import_torch, limit_threads
+from benchmarks.launches import count_iteration
 from benchmarks.memory import freed_memory_is_reused, peak_rss, probe_memory, run_probe
 from benchmarks.phases import NpsnSide, TorchSide, fixed_inputs, make_trainer
 from benchmarks.report import format_report
@@ -61,6 +62,9 @@ def benchmark_model(config, model, torch, progress):
             progress(f"{model}: npsn time breakdown")
             result["breakdown"] = time_breakdown(sides[0], repeats, warmup)
         del sides, trainer, theirs
+    if config.device == "gpu":
+        progress(f"{model}: device operations per iteration (strict CuPy stand-in)")
+        result["launches"] = count_iteration(config, model)
     gc.collect()
     if config.memory == "probe":
         progress(f"{model}: peak memory probes")

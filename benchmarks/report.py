@@ -61,6 +61,16 @@ def format_breakdown(r):
     return [text]
 
 
+def format_launches(r):
+    """Device operations, syncs and copies of one steady-state iteration (:mod:`benchmarks.launches`)."""
+    c = r["launches"]
+    if c is None:
+        return ["   device work per iteration: not counted (the strict CuPy stand-in, tests/strict_cupy, is absent)"]
+    return [f"   device work per iteration (counted on the strict CuPy stand-in): {c['ops']} operations, "
+            f"{c['syncs']} syncs, {c['h2d']} host-to-device and {c['d2h']} device-to-host copies; most frequent: "
+            + ", ".join(f"{name} {n}" for name, n in c["top"][:5])]
+
+
 def format_memory(r):
     lines = []
     for side, m in r.get("memory", {}).items():
@@ -96,5 +106,7 @@ def format_report(env, results):
         lines += format_phases(r)
         if "breakdown" in r:
             lines += format_breakdown(r)
+        if "launches" in r:
+            lines += format_launches(r)
         lines += format_memory(r)
     return "\n".join(lines)

@@ -12,7 +12,18 @@ same weights on either device) and moved with :func:`to_device`.
 
 Elementwise math goes through :func:`elementwise`, the one place that decides how it runs:
 split between host threads on NumPy, one fused kernel on CuPy.
+
+"gpu" means real CuPy unless :func:`use_gpu_module` says otherwise: the test suite runs the
+GPU code path on a strict CuPy stand-in (``tests/strict_cupy``) that way when no GPU is
+present. Every function here (``xp_for``, ``get_array_module``, ``to_device``, ``to_numpy``,
+``synchronize``, ``elementwise``, the device check) then uses that module instead of CuPy.
+
+The device check (:func:`check_device`) runs the device before anything else happens: a
+tiny fused elementwise kernel (compiled by NVRTC), a matrix product (cuBLAS) and a reduction,
+read back and compared with the host's result; a machine where CuPy imports but kernels
+cannot run fails there, in one line naming what is missing.
 """
+import contextlib
 import functools
 import re
 import sys
@@ -24,34 +35,121 @@ from npsn.utils import threads
 DEVICES = ("cpu", "gpu")
 
 GPU_INSTALL_HINT = (
-    "install CuPy for your CUDA version, e.g. `pip install cupy-cuda12x` "
-    "(CUDA 12) or `pip install cupy-cuda13x` (CUDA 13), on a machine with an NVIDIA GPU"
+    'install CuPy with its CUDA libraries for your CUDA version, e.g. `pip install "cupy-cuda12x[ctk]"` '
+    '(CUDA 12) or `pip install "cupy-cuda13x[ctk]"` (CUDA 13), on a machine with an NVIDIA GPU and driver'
 )
+
+#: What each step of the device check needs, and how to get it (the message of a failed step).
+_CHECK_STEPS = {
+    "copy": ("cannot copy data to the GPU: the NVIDIA driver or the CUDA runtime is not usable",
+             "check that `nvidia-smi` lists the GPU and that the driver supports your CuPy's CUDA version; "
+             + GPU_INSTALL_HINT),
+    "elementwise": ("cannot compile or run an elementwise kernel: NVRTC (CUDA's runtime compiler) is missing",
+                    'install it with `pip install "cupy-cuda12x[ctk]"` (CUDA 13: `"cupy-cuda13x[ctk]"`) '
+                    "or a CUDA toolkit"),
+    "matmul": ("cannot run a matrix product: cuBLAS is missing",
+               'install it with `pip install "cupy-cuda12x[ctk]"` (CUDA 13: `"cupy-cuda13x[ctk]"`) or a CUDA toolkit'),
+    "reduction": ("cannot run a reduction kernel: NVRTC (CUDA's runtime compiler) or the CUDA runtime is missing",
+                  'install them with `pip install "cupy-cuda12x[ctk]"` (CUDA 13: `"cupy-cuda13x[ctk]"`) '
+                  "or a CUDA toolkit"),
+}
+
+#: The array module "gpu" means when not real CuPy (None: CuPy); set by :func:`use_gpu_module`.
+_GPU_MODULE = None
+#: Array modules whose device check has passed (the check runs once per process and module).
+_CHECKED = set()
 
 
 class DeviceError(RuntimeError):
     """The requested device cannot be used (unknown name, CuPy or GPU missing)."""
 
 
-def _cupy_or_error():
-    """Import CuPy and check that it sees a CUDA device; raise one clear DeviceError if not."""
+@contextlib.contextmanager
+def use_gpu_module(module):
+    """Within the block, device "gpu" means the array module ``module`` instead of CuPy.
+
+    ``module`` must behave like ``cupy`` for what npsn uses (``asarray``, ``get_array_module``,
+    ``fuse``, ``cuda.Device().synchronize()``, ``cuda.runtime.getDeviceCount()``, its
+    ``ndarray``'s ``.get()``); ``None`` means real CuPy. Used by the tests, to run the GPU path
+    on the strict stand-in ``tests/strict_cupy`` where no GPU is present::
+
+        with backend.use_gpu_module(strict_cupy.cupy):
+            train(config)          # config.device == "gpu"
+
+    Arrays made under one module are not arrays of another: do not carry them out of the block.
+    """
+    global _GPU_MODULE
+    before = _GPU_MODULE
+    _GPU_MODULE = module
     try:
-        import cupy
-    except Exception as exc:  # ImportError, or a broken CUDA installation
-        raise DeviceError(
-            f"device 'gpu' needs CuPy, which could not be imported ({type(exc).__name__}: {exc}); "
-            + GPU_INSTALL_HINT
-        ) from None
+        yield module
+    finally:
+        _GPU_MODULE = before
+
+
+def _one_line(exc):
+    """An exception as ``Type: message`` on one line (CUDA errors can span several)."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
+def _cupy_or_error():
+    """The GPU array module (CuPy, or :func:`use_gpu_module`'s), checked; one clear DeviceError if unusable."""
+    if _GPU_MODULE is not None:
+        cupy = _GPU_MODULE
+    else:
+        try:
+            import cupy
+        except Exception as exc:  # ImportError, or a broken CUDA installation
+            raise DeviceError(
+                f"device 'gpu' needs CuPy, which could not be imported ({_one_line(exc)}); "
+                "CuPy 14 needs Python >= 3.10 and NumPy >= 2; " + GPU_INSTALL_HINT
+            ) from None
+    if cupy in _CHECKED:
+        return cupy
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:  # no driver, no libcuda, ...
         raise DeviceError(
-            f"device 'gpu': CuPy is installed but no CUDA device is usable "
-            f"({type(exc).__name__}: {exc}); " + GPU_INSTALL_HINT
+            f"device 'gpu': CuPy is installed but no CUDA device is usable, the NVIDIA driver is missing or too old "
+            f"({_one_line(exc)}); " + GPU_INSTALL_HINT
         ) from None
     if count < 1:
         raise DeviceError("device 'gpu': CuPy is installed but found no CUDA device; " + GPU_INSTALL_HINT)
+    _run_device_check(cupy)
+    _CHECKED.add(cupy)
     return cupy
+
+
+def _check_kernel(x, b):
+    # e = 2 x + b: the device check's elementwise kernel (one fused kernel on the GPU)
+    return 2 * x + b
+
+
+def _run_device_check(cupy):
+    """Run a fused elementwise kernel, a matrix product and a reduction on ``cupy``; DeviceError naming what failed.
+
+    x = [0..5] as a 2x3 float32 matrix: e = 2x + 1 elementwise (NVRTC), m = x xᵀ (cuBLAS),
+    s = sum(e) + sum(m) = 36 + 83 (reductions), read back once and compared with the host's value
+    (small integers: exact in float32). The first failing step names the missing piece.
+    """
+    host = np.arange(6, dtype=np.float32).reshape(2, 3)
+    expected = float((2 * host + 1).sum() + (host @ host.T).sum())
+    step = "copy"
+    try:
+        x = cupy.asarray(host)
+        step = "elementwise"
+        e = Elementwise(_check_kernel)(x, 1.0)
+        step = "matmul"
+        m = cupy.matmul(x, x.T)
+        step = "reduction"
+        value = float(e.sum() + m.sum())  # the one read back: waits for all three kernels
+    except Exception as exc:
+        problem, fix = _CHECK_STEPS[step]
+        raise DeviceError(f"device 'gpu': the device check failed, {problem} ({_one_line(exc)}); {fix}") from None
+    if value != expected:
+        raise DeviceError(f"device 'gpu': the device check computed {value} instead of {expected}: "
+                          "the GPU or its CUDA libraries give wrong results; " + GPU_INSTALL_HINT)
 
 
 def check_device(device):
@@ -64,7 +162,7 @@ def check_device(device):
 
 
 def gpu_available():
-    """True when CuPy imports and sees at least one CUDA device."""
+    """True when the GPU module (CuPy) imports, sees a CUDA device and passes the device check."""
     try:
         _cupy_or_error()
     except DeviceError:
@@ -83,9 +181,9 @@ def get_array_module(*arrays):
     """The array module of the given arrays: ``cupy`` if any of them is a CuPy array, else ``numpy``.
 
     CuPy is never imported here: if it has not been imported by someone, no array can be
-    a CuPy array.
+    a CuPy array. Under :func:`use_gpu_module` it is that module's ``get_array_module``.
     """
-    cupy = sys.modules.get("cupy")
+    cupy = _GPU_MODULE if _GPU_MODULE is not None else sys.modules.get("cupy")
     if cupy is not None:
         return cupy.get_array_module(*arrays)
     return np
@@ -184,28 +282,30 @@ class Elementwise:
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args, out=None):
-        kernel = self.fn if get_array_module(*args) is np else self._fused_kernel()
+        module = get_array_module(*args)
+        kernel = self.fn if module is np else self._fused_kernel(module)
         # NumPy arrays are split between host threads; for any other array this is one call of kernel.
         return threads.parallel_elementwise(kernel, args, out)
 
-    def _fused_kernel(self):
-        """``cupy.fuse(self.fn)``, built once (and shared by closure-free functions with the same code)."""
-        if self._fused is None:
+    def _fused_kernel(self, cupy):
+        """``cupy.fuse(self.fn)``, built once per GPU module (and shared by closure-free functions with the same code)."""
+        if self._fused is None or self._fused[0] is not cupy:
             fn = self.fn
             shareable = fn.__closure__ is None and not fn.__defaults__ and not fn.__kwdefaults__
-            self._fused = _FUSED.get(fn.__code__) if shareable else None
-            if self._fused is None:
+            fused = _FUSED.get((cupy, fn.__code__)) if shareable else None
+            if fused is None:
                 name = "npsn_" + re.sub(r"\W", "_", fn.__name__)  # a C identifier, also for a <lambda>
-                self._fused = sys.modules["cupy"].fuse(kernel_name=name)(fn)
+                fused = cupy.fuse(kernel_name=name)(fn)
                 if shareable:
-                    _FUSED[fn.__code__] = self._fused
-        return self._fused
+                    _FUSED[(cupy, fn.__code__)] = fused
+            self._fused = (cupy, fused)
+        return self._fused[1]
 
     def __repr__(self):
         return f"elementwise({self.fn.__qualname__})"
 
 
-#: Fused CuPy kernels of closure-free functions, by their code object.
+#: Fused CuPy kernels of closure-free functions, by (array module, code object).
 _FUSED = {}
 
 

@@ -16,11 +16,26 @@
 
 Unlike PyTorch, ``state_dict()`` returns *copies* of the state arrays: a snapshot that later
 steps do not change.
+
+**One flat buffer** (PyTorch's foreach/fused optimizers). When the parameters share one dtype and
+device, the optimizer puts them in one flat array (:class:`~npsn.nn.flat.FlatParameters`: each
+``.data`` becomes a view of its slice) and :class:`Adam` keeps its moments flat too, so a step on
+a model whose parameters all have gradients at the same step count is one ``concatenate`` of the
+gradients and one elementwise kernel, whatever the number of layers. Other steps (some
+``.grad`` None, step counts that differ) go parameter by parameter through views of the same
+arrays, with the same arithmetic: every element gets the same bits either way.
+``flat_gradient()`` returns the concatenated gradient and ``step(flat_grad)`` takes one: the
+place where a data-parallel run reduces the gradient across processes::
+
+    g = opt.flat_gradient()     # every parameter's .grad, flattened, in parameter order
+    ...                         # e.g. an allreduce of g, in place
+    opt.step(g)                 # the update from g (every parameter steps)
 """
 import math
 
 from npsn import backend
 from npsn.backend import elementwise, get_array_module
+from npsn.nn.flat import FlatParameters
 from npsn.nn.module import Parameter
 
 
@@ -31,7 +46,11 @@ class Optimizer:
         HYPERPARAMETERS: ``{name: type}`` of the attributes saved in the state dict;
         STATE_SCALARS: ``{name: type}`` of per-parameter Python scalars (e.g. ``step``);
         STATE_ARRAYS: names of per-parameter arrays shaped like the parameter;
-    and implement ``_check_hyperparameters()`` and ``_update(param, state)``.
+    and implement ``_check_hyperparameters()`` and ``_update(i, param, grad, state)``.
+
+    Invariant between calls: ``flat`` is None (parameters of mixed dtypes or devices) or a
+    :class:`~npsn.nn.flat.FlatParameters` of ``params``, whose views a step first re-adopts should a
+    parameter have been rebound (``Module.to``, ``load_state_dict``, ``p.data = ...``).
     """
 
     HYPERPARAMETERS = {"lr": float}
@@ -48,6 +67,8 @@ class Optimizer:
         self.lr = lr
         # state[i]: dict of parameter i's state; empty until its first step.
         self.state = [{} for _ in self.params]
+        # every .data a view of one flat array, when the parameters allow it
+        self.flat = FlatParameters(self.params) if FlatParameters.supports(self.params) else None
 
     @property
     def lr(self):
@@ -66,13 +87,52 @@ class Optimizer:
         for p in self.params:
             p.grad = None
 
-    def step(self):
-        """Update, in place, every parameter that has a gradient; skip those whose ``.grad`` is None."""
-        for p, state in zip(self.params, self.state):
-            if p.grad is not None:
-                self._update(p, state)
+    def flat_gradient(self):
+        """Every parameter's ``.grad``, flattened and concatenated in parameter order: one new 1-D array.
 
-    def _update(self, p, state):
+        The array :meth:`step` takes as ``flat_grad`` (a data-parallel run reduces it across processes
+        in between). Needs the flat buffer (parameters of one dtype and device) and every ``.grad`` set.
+        """
+        if self.flat is None:
+            raise ValueError("flat_gradient: the parameters do not share one dtype and device (no flat buffer)")
+        missing = [i for i, p in enumerate(self.params) if p.grad is None]
+        if missing:
+            raise ValueError(f"flat_gradient: parameters {missing} have no gradient")
+        self._adopt()
+        return self.flat.gather_grads()
+
+    def step(self, flat_grad=None):
+        """Update, in place, every parameter that has a gradient; skip those whose ``.grad`` is None.
+
+        ``flat_grad`` (optional): the gradient of every parameter as one flat array laid out as
+        :meth:`flat_gradient`'s; then every parameter steps from its slice and ``.grad`` is not read.
+        """
+        self._adopt()
+        if flat_grad is not None:
+            self._check_flat_grad(flat_grad)
+            grads = [self.flat.view(flat_grad, i) for i in range(len(self.params))]
+        else:
+            grads = [p.grad for p in self.params]
+        for i, (p, g, state) in enumerate(zip(self.params, grads, self.state)):
+            if g is not None:
+                self._update(i, p, g, state)
+
+    def _check_flat_grad(self, flat_grad):
+        if self.flat is None:
+            raise ValueError("step(flat_grad): the parameters do not share one dtype and device (no flat buffer)")
+        if tuple(flat_grad.shape) != (self.flat.size,):
+            raise ValueError(f"step(flat_grad): expected shape ({self.flat.size},), got {tuple(flat_grad.shape)}")
+
+    def _adopt(self):
+        """Restore the flat buffer's invariant after a rebinding of some ``.data`` (see FlatParameters.adopt)."""
+        if self.flat is not None and self.flat.adopt():
+            self._flat_rebuilt()
+
+    def _flat_rebuilt(self):
+        """Hook: the flat buffer was rebuilt (maybe on another device or dtype); flat state must follow."""
+
+    def _update(self, i, p, g, state):
+        """Update parameter ``i`` (``p``) in place from its gradient ``g``; ``state`` is its state dict."""
         raise NotImplementedError
 
     def _check_hyperparameters(self):
@@ -102,6 +162,7 @@ class Optimizer:
         missing = [name for name in self.HYPERPARAMETERS if name not in state_dict]
         if missing:
             raise KeyError(f"{type(self).__name__}.load_state_dict: missing keys {missing}")
+        self._adopt()  # state arrays go to the parameters' current device and dtype
         per_param = [{} for _ in self.params]
         for key, value in state_dict.items():
             if key in self.HYPERPARAMETERS:
@@ -125,6 +186,10 @@ class Optimizer:
                 setattr(self, name, value)
             raise
         self.state = new_state
+        self._state_loaded()
+
+    def _state_loaded(self):
+        """Hook: ``state`` was just replaced by :meth:`load_state_dict` (fresh arrays)."""
 
     def _converted_state(self, i, p, entries):
         """Parameter ``i``'s state from its state-dict entries: scalars cast, arrays copied onto ``p``'s device/dtype."""
@@ -219,22 +284,91 @@ class Adam(Optimizer):
         if not self.weight_decay >= 0.0:
             raise ValueError(f"invalid weight_decay {self.weight_decay}: must be >= 0")
 
-    def _update(self, p, state):
-        xp = get_array_module(p.data)
+    def _update(self, i, p, g, state):
+        """One step of parameter ``i`` alone (parameters without a gradient, or at different step counts)."""
         if not state:
             state["step"] = 0
-            state["exp_avg"] = xp.zeros_like(p.data)
-            state["exp_avg_sq"] = xp.zeros_like(p.data)
+            state["exp_avg"], state["exp_avg_sq"] = self._fresh_moments(i, p)
         state["step"] += 1
-        t = state["step"]
-        m, v = state["exp_avg"], state["exp_avg_sq"]
-        # g = grad + lambda p   (a new array: p.grad itself is never modified)
-        g = p.grad if self.weight_decay == 0 else p.grad + self.weight_decay * p.data
+        self._apply(p.data, g, state["exp_avg"], state["exp_avg_sq"], state["step"])
+
+    def _apply(self, p, g, m, v, t):
+        """p, m, v <- p_t, m_t, v_t in place, for gradient g at step t (one parameter, or all of them flat)."""
+        # g = grad + lambda p   (a new array: the gradient itself is never modified)
+        g = g if self.weight_decay == 0 else g + self.weight_decay * p
         step_size = self.lr / (1 - self.beta1**t)
         sqrt_bias_correction2 = math.sqrt(1 - self.beta2**t)
         # p, m, v <- p_t, m_t, v_t, in place
-        _adam_step(p.data, g, m, v, self.beta1, self.beta2, self.eps, step_size, sqrt_bias_correction2,
-                   out=(p.data, m, v))
+        _adam_step(p, g, m, v, self.beta1, self.beta2, self.eps, step_size, sqrt_bias_correction2, out=(p, m, v))
+
+    # ------------------------------------------------------------------ the flat moments
+    # Invariant between calls, with a flat buffer: ``moments`` is None (no step yet) or the pair of flat
+    # arrays (m, v) laid out as ``flat.data`` (same device and dtype); a parameter with state holds the
+    # views of its slices as "exp_avg", "exp_avg_sq", and the slices of a parameter without state are 0.
+    moments = None
+
+    def step(self, flat_grad=None):
+        """Update every parameter that has a gradient (see :meth:`Optimizer.step`).
+
+        With the flat buffer, when every parameter steps (all ``.grad`` set, or ``flat_grad`` given)
+        from the same step count, this is one elementwise kernel over all of them; otherwise each
+        parameter steps alone, on the same arrays with the same arithmetic.
+        """
+        self._adopt()
+        steps = {state.get("step", 0) for state in self.state}
+        every = flat_grad is not None or all(p.grad is not None for p in self.params)
+        if self.flat is None or not every or len(steps) != 1:
+            return super().step(flat_grad)
+        if flat_grad is not None:
+            self._check_flat_grad(flat_grad)
+        g = self.flat.gather_grads() if flat_grad is None else flat_grad
+        m, v = self._flat_moments()
+        t = steps.pop() + 1
+        for i, state in enumerate(self.state):
+            if not state:
+                state["exp_avg"], state["exp_avg_sq"] = self.flat.view(m, i), self.flat.view(v, i)
+            state["step"] = t
+        self._apply(self.flat.data, g, m, v, t)
+
+    def _flat_moments(self):
+        """The flat (m, v), made (zeros) at the first use."""
+        if self.moments is None:
+            xp = get_array_module(self.flat.data)
+            self.moments = (xp.zeros_like(self.flat.data), xp.zeros_like(self.flat.data))
+        return self.moments
+
+    def _fresh_moments(self, i, p):
+        """Zero (m, v) for parameter ``i``'s first step: views of the flat moments, or new arrays."""
+        if self.flat is None:
+            xp = get_array_module(p.data)
+            return xp.zeros_like(p.data), xp.zeros_like(p.data)
+        m, v = self._flat_moments()
+        return self.flat.view(m, i), self.flat.view(v, i)
+
+    def _flat_rebuilt(self):
+        # the parameters may have moved or changed dtype: the moments follow, and the views are re-made
+        if self.moments is not None:
+            data = self.flat.data
+            self.moments = tuple(backend.to_device(a, backend.device_of(data), data.dtype) for a in self.moments)
+            self._point_state_at_moments(keep=False)
+
+    def _state_loaded(self):
+        # fresh state arrays from a state dict: copied into zeroed flat moments, the state then holding views
+        if self.flat is not None:
+            self.moments = None
+            if any(self.state):
+                self._flat_moments()
+                self._point_state_at_moments(keep=True)
+
+    def _point_state_at_moments(self, keep):
+        """Make each stepped parameter's "exp_avg"/"exp_avg_sq" views of the flat moments (``keep``: copy its values in first)."""
+        for i, state in enumerate(self.state):
+            if state:
+                for name, flat in zip(self.STATE_ARRAYS, self.moments):
+                    view = self.flat.view(flat, i)
+                    if keep:
+                        view[...] = state[name]
+                    state[name] = view
 
 
 @elementwise
@@ -300,9 +434,9 @@ class SGD(Optimizer):
         if self.nesterov and (self.momentum <= 0.0 or self.dampening != 0.0):
             raise ValueError("Nesterov momentum requires momentum > 0 and dampening = 0")
 
-    def _update(self, p, state):
+    def _update(self, i, p, g, state):
         # g = grad + lambda * p   (a new array: p.grad itself is never modified)
-        g = p.grad if self.weight_decay == 0 else p.grad + self.weight_decay * p.data
+        g = g if self.weight_decay == 0 else g + self.weight_decay * p.data
         if self.momentum != 0:
             buf = state.get("momentum_buffer")
             if buf is None:

@@ -67,12 +67,20 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
+    """Run the benchmark; returns the exit status (2, with one line on stderr, for an unusable device)."""
     config = parse_args(argv)
     set_thread_environment(config.threads)  # read when NumPy loads its BLAS: before the harness imports it
     from benchmarks import harness
+    from npsn import backend
 
+    try:
+        backend.check_device(config.device)  # runs a few kernels on the GPU before any model is built
+    except backend.DeviceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     harness.main(config)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

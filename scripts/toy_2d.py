@@ -115,6 +115,18 @@ def run_one(config_dict, log_every=0, eval_every=0):
     return result
 
 
+def pool_context(device):
+    """The worker processes' start method: "spawn" on the GPU, the platform's default (None) on the CPU.
+
+    A forked child inherits the parent's CUDA state, which CUDA does not support: the device
+    check has initialized CUDA in this process, so forked workers would fail with "no CUDA
+    device is usable". Spawned workers start fresh and initialize CUDA themselves.
+    """
+    import multiprocessing
+
+    return multiprocessing.get_context("spawn") if device == "gpu" else None
+
+
 def method_label(method, d_input_scale):
     """"SN" / "no-SN", with D's input scale when it is not 1 (e.g. "SN, D(10x)")."""
     return method if d_input_scale == 1 else f"{method}, D({d_input_scale:g}x)"
@@ -151,7 +163,11 @@ def main(argv=None):
     from npsn.eval.modes import summarize
     from npsn.gan.toy import save_scatter
 
-    backend.check_device(args.device)
+    try:
+        backend.check_device(args.device)  # runs a few kernels on the GPU before anything is written
+    except backend.DeviceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     datasets = list(DATASETS) if args.dataset == "both" else [args.dataset]
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     configs = [dict(dataset=d, sn=(m == "SN"), loss=args.loss, iterations=args.iterations,
@@ -166,7 +182,7 @@ def main(argv=None):
 
     start = time.time()
     if args.jobs > 1:
-        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=pool_context(args.device)) as pool:
             results = list(pool.map(partial(run_one, log_every=args.log_every, eval_every=args.eval_every), configs))
     else:
         results = [run_one(c, args.log_every, args.eval_every) for c in configs]
@@ -207,4 +223,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    status = main()
+    sys.exit(status if isinstance(status, int) else 0)  # main returns the summary, or 2 for an unusable device

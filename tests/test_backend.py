@@ -13,7 +13,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "npsn"
 
 
 def used_xp_names():
-    """Every dotted ``xp.<name>`` the package's source uses, e.g. {"zeros", "linalg.norm"}."""
+    """Every dotted ``xp.<name>`` the package's source uses, e.g. {"zeros", "lib.stride_tricks.as_strided"}."""
     names = set()
     for path in PACKAGE.rglob("*.py"):
         names.update(re.findall(r"\bxp\.([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)", path.read_text()))
@@ -30,7 +30,7 @@ def has_dotted(module, dotted):
 
 
 def test_package_uses_xp():
-    assert {"zeros", "linalg.norm", "maximum"} <= used_xp_names()
+    assert {"zeros", "maximum", "lib.stride_tricks.as_strided"} <= used_xp_names()
 
 
 def test_every_xp_name_exists_in_numpy():
@@ -161,3 +161,60 @@ def test_elementwise_on_the_device_matches_numpy(device):
     # a fused kernel may contract a * b + c into one FMA: equal to the last bit only on the host
     np.testing.assert_allclose(backend.to_numpy(got[0]), expected[0], rtol=1e-6, atol=1e-7)
     np.testing.assert_array_equal(backend.to_numpy(got[1]), expected[1])
+
+
+# ---------------------------------------------------------------------------------------------
+# The device check runs the device: on the strict stand-in, made to fail like a machine without
+# its driver, NVRTC or cuBLAS.
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def unchecked_gpu(strict_gpu, monkeypatch):
+    """Device "gpu" = the stand-in, with the device check not yet run in this process."""
+    monkeypatch.setattr(backend, "_CHECKED", set())
+    return strict_gpu
+
+
+@pytest.mark.parametrize("part, words", [
+    ("driver", ["NVIDIA driver"]),
+    ("nvrtc", ["elementwise kernel", "NVRTC", 'pip install "cupy-cuda12x[ctk]"', "cupy-cuda13x[ctk]"]),
+    ("cublas", ["matrix product", "cuBLAS", 'pip install "cupy-cuda12x[ctk]"']),
+])
+def test_device_check_names_what_is_missing(unchecked_gpu, part, words):
+    with unchecked_gpu.broken(part), pytest.raises(backend.DeviceError) as info:
+        backend.check_device("gpu")
+    message = str(info.value)
+    assert "\n" not in message and all(w in message for w in words), message
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+    with unchecked_gpu.broken(part):
+        assert not backend.gpu_available()
+
+
+def test_device_check_runs_an_elementwise_kernel_a_matmul_and_a_reduction(unchecked_gpu):
+    with unchecked_gpu.counting() as c:
+        assert backend.check_device("gpu") == "gpu"
+    assert c.by_name["fuse:npsn__check_kernel"] == 1 and c.by_name["matmul"] == 1 and c.by_name["ndarray.sum"] == 2
+    assert (c.syncs, c.d2h, c.h2d) == (1, 1, 1)
+    with unchecked_gpu.counting() as again:
+        backend.check_device("gpu")
+    assert again.ops == 0  # once per process
+
+
+def test_device_check_catches_wrong_results(unchecked_gpu, monkeypatch):
+    monkeypatch.setattr(backend, "_check_kernel", lambda x, b: 3 * x + b)
+    with pytest.raises(backend.DeviceError, match="wrong results"):
+        backend.check_device("gpu")
+
+
+def test_use_gpu_module_routes_every_backend_function(strict_gpu):
+    cupy = strict_gpu.cupy
+    assert backend.xp_for("gpu") is cupy and backend.gpu_available()
+    with strict_gpu.counting() as c:
+        x = backend.to_device(np.arange(4, dtype=np.float32), "gpu")
+        y = backend.elementwise(lambda a, b: a * b, x, 2.0)
+        backend.synchronize("gpu")
+        host = backend.to_numpy(y)
+    assert backend.get_array_module(x) is cupy and backend.device_of(y) == "gpu"
+    np.testing.assert_array_equal(host, [0, 2, 4, 6])
+    assert (c.ops, c.syncs, c.h2d, c.d2h) == (1, 2, 1, 1)
+    assert backend._GPU_MODULE is cupy

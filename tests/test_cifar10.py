@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fake_cifar import LABEL_NAMES, fake_batch, fake_members, write_cifar_members, write_fake_cifar
-from npsn.backend import gpu_available, to_numpy, xp_for
+from npsn.backend import to_numpy, xp_for
 from npsn.data.cifar10 import (
     CIFAR10Error,
     MinibatchStream,
@@ -197,8 +197,7 @@ def test_pixels_to_unit_range_and_dtype():
         pixels_to_unit(images.astype(np.float32), np)
 
 
-@pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a CUDA device")
-def test_pixels_to_unit_on_gpu_matches_cpu():
+def test_pixels_to_unit_on_gpu_matches_cpu(gpu):
     images = np.random.default_rng(0).integers(0, 256, size=(4, 3, 32, 32), dtype=np.uint8)
     cupy = xp_for("gpu")
     x = pixels_to_unit(images, cupy)

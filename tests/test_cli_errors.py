@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from fake_cifar import write_fake_cifar
+from npsn import backend
 from npsn.gan import trainer as trainer_module
 from npsn.gan.checkpoint import load_checkpoint
 from npsn.gan.trainer import Trainer, preset_config
@@ -191,6 +192,34 @@ def test_bad_input_is_one_line_and_changes_nothing(case, argv, damage, expected,
     assert err.count("\n") == 1 and err.endswith("\n"), err
     assert "Traceback" not in err and expected in err, err
     assert snapshot(workspace) == before  # RUN byte for byte, and NEW never created
+
+
+# An unusable GPU (the strict CuPy stand-in made to fail like a machine without NVRTC, cuBLAS or
+# a driver): every script says what is missing in one line, exit 2, before it writes anything.
+GPU_CASES = [
+    ("train_cifar.py", ["--data", "{archive}", *TINY, "--iterations", "3", "--out", "{tmp}/NEW", "--device", "gpu"]),
+    ("train_cifar.py", ["--resume", "{tmp}/RUN", "--iterations", "4", "--device", "gpu"]),
+    ("sample.py", ["{tmp}/RUN", "--n", "4", "--out", "{tmp}/NEW.png", "--device", "gpu"]),
+    ("evaluate.py", ["{tmp}/RUN", "--data", "{archive}", "--n", "4", "--device", "gpu"]),
+    ("toy_2d.py", ["--dataset", "ring", "--seeds", "1", "--iterations", "2", "--out", "{tmp}/NEW", "--device", "gpu"]),
+    ("bench.py", ["--device", "gpu", "--models", "cnn", "--repeats", "1", "--warmup", "0", "--memory", "off"]),
+]
+
+
+@pytest.mark.parametrize("part, words", [("nvrtc", "NVRTC"), ("cublas", "cuBLAS"), ("driver", "NVIDIA driver")])
+@pytest.mark.parametrize("script, argv", GPU_CASES, ids=[f"{s}-{i}" for i, (s, _) in enumerate(GPU_CASES)])
+def test_an_unusable_gpu_is_one_line_and_changes_nothing(script, argv, part, words, workspace, archive, capsys,
+                                                         strict_gpu, monkeypatch):
+    monkeypatch.setattr(backend, "_CHECKED", set())  # the device check runs again
+    before = snapshot(workspace)
+    argv = [a.format(tmp=workspace, archive=archive) for a in argv]
+    capsys.readouterr()
+    with strict_gpu.broken(part):
+        assert run_main(script, *argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: device 'gpu'") and words in err[0], err
+    assert "cupy-cuda12x" in err[0] and "Traceback" not in err[0]
+    assert snapshot(workspace) == before
 
 
 def test_resume_alone_continues_with_the_recorded_data(workspace, capsys):

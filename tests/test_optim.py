@@ -87,8 +87,8 @@ def test_adam_updates_in_place_keeps_dtype_and_leaves_the_gradient_alone():
     p = Parameter(np.array([1.0, -2.0], dtype=np.float32))
     p.grad = np.array([0.5, 0.25], dtype=np.float32)
     grad_before = p.grad.copy()
+    adam = Adam([p], lr=0.1, weight_decay=0.5)  # p.data becomes a view of the optimizer's flat buffer
     data_before = p.data
-    adam = Adam([p], lr=0.1, weight_decay=0.5)
     adam.step()
     np.testing.assert_array_equal(p.grad, grad_before)
     assert p.data is data_before

@@ -28,6 +28,7 @@ array([1., 2.])
 """
 import os
 import sys
+import time
 import traceback
 
 from npsn import backend
@@ -140,6 +141,9 @@ class MPICommunicator(SingleProcess):
     def abort(self, code=1):
         sys.stdout.flush()
         sys.stderr.flush()
+        # mpiexec relays each rank's output asynchronously and Abort kills the ranks at once: give it a
+        # moment to pass on the message that says why (without it the message was lost in ~1 run of 10)
+        time.sleep(0.5)
         self.comm.Abort(code)
 
 

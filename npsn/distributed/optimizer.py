@@ -31,9 +31,10 @@ class MultiNodeOptimizer:
     becomes a view of its slice. One call instead of one per parameter: each collective pays
     the network's latency once (microseconds), and a ring allreduce reaches full bandwidth only
     on long messages. The buffer is kept between steps while the parameters with a gradient stay
-    the same. (An optimizer that keeps its gradients in one flat buffer already could hand that
-    buffer over directly and skip the two copies: :meth:`_gradient_buffer` is the one place to
-    change.)
+    the same. An optimizer with a flat parameter buffer (:mod:`npsn.nn.flat`: Adam and SGD over
+    parameters of one dtype and device) gathers its gradients itself in its own layout
+    (``flat_gradient()``, one ``concatenate``) and steps from the averaged buffer (``step(flat)``);
+    :meth:`_gradient_buffer` packs them only for the others, or when some gradients are missing.
 
     Invariant: between steps the wrapped optimizer's parameters and state are identical on
     every rank (true after :func:`broadcast_state`, and kept because every rank applies the same
@@ -61,6 +62,12 @@ class MultiNodeOptimizer:
     def step(self):
         """Average every gradient over the ranks (one allreduce per dtype, in practice one), then step."""
         with_grad = [p for p in self.optimizer.params if p.grad is not None]
+        if getattr(self.optimizer, "flat", None) is not None and len(with_grad) == len(self.optimizer.params):
+            # the optimizer's own flat layout (npsn.nn.flat): gather once, average, and step from the average
+            flat = self.optimizer.flat_gradient()
+            self.comm.allreduce(flat, "mean")
+            self.optimizer.step(flat)
+            return
         for dtype, params, flat in self._gradient_buffer(with_grad):
             self.comm.allreduce(flat, "mean")
             offset = 0

@@ -16,6 +16,23 @@ def _deviation(x, mean):
 
 
 @elementwise
+def _statistics(running_mean, running_var, mean, var, momentum, unbiasing, eps):
+    r"""The running statistics' update and 1 / \sqrt{\sigma^2 + \epsilon}, per channel, as one kernel.
+
+    Returns (running_mean', running_var', inv_std) with running' = (1 - m) running + m batch_stat, the
+    variance's made unbiased by ``unbiasing`` = M / (M - 1).
+    """
+    xp = get_array_module(var)
+    # running_mean <- (1 - m) running_mean + m mu
+    new_mean = (1 - momentum) * running_mean + momentum * mean.astype(running_mean.dtype)
+    # running_var <- (1 - m) running_var + m M/(M-1) sigma^2
+    unbiased = var * unbiasing
+    new_var = (1 - momentum) * running_var + momentum * unbiased.astype(running_var.dtype)
+    # inv_std = 1 / sqrt(sigma^2 + eps)
+    return new_mean, new_var, 1 / xp.sqrt(var + eps)
+
+
+@elementwise
 def _scale_shift(centered, inv_std, gamma, beta):
     r"""(\hat x, y) with \hat x = (x - \mu) / \sqrt{\sigma^2 + \epsilon} and y = \gamma \hat x + \beta."""
     x_hat = centered * inv_std
@@ -29,8 +46,10 @@ def _product(a, b):
 
 
 @elementwise
-def _input_grad(grad_out, x_hat, sum_g, sum_g_xhat, scale, count):
+def _input_grad(grad_out, x_hat, sum_g, sum_g_xhat, gamma, inv_std, count):
     r"""\partial L / \partial x = \frac{s}{M} (M G - \sum G - \hat x \sum G \hat x), with s = \gamma / \sqrt{\sigma^2 + \epsilon}."""
+    # s = gamma inv_std
+    scale = gamma * inv_std
     return (count * grad_out - sum_g - x_hat * sum_g_xhat) * (scale / count)
 
 
@@ -95,19 +114,18 @@ class _BatchNorm(Module):
             centered, squared = _deviation(x, mean)
             # sigma^2 = 1/M sum (x - mu)^2   (the biased variance)
             var = squared.mean(axis=axes)
-            # running <- (1 - m) running + m batch_stat, with the unbiased variance M/(M-1) sigma^2
-            m = self.momentum
-            self.running_mean = (1 - m) * self.running_mean + m * mean.astype(self.running_mean.dtype)
-            unbiased = var * (count / max(count - 1, 1))
-            self.running_var = (1 - m) * self.running_var + m * unbiased.astype(self.running_var.dtype)
+            # running <- (1 - m) running + m batch_stat, with the unbiased variance M/(M-1) sigma^2;
+            # inv_std = 1 / sqrt(sigma^2 + eps)   (one kernel)
+            self.running_mean, self.running_var, inv_std = _statistics(
+                self.running_mean, self.running_var, mean, var, self.momentum, count / max(count - 1, 1), self.eps)
             self.num_batches_tracked = self.num_batches_tracked + 1
         else:
             mean = self.running_mean.astype(x.dtype)
             var = self.running_var.astype(x.dtype)
             # x - mu
             centered = x - mean
-        # inv_std = 1 / sqrt(sigma^2 + eps)
-        inv_std = 1 / xp.sqrt(var + self.eps)
+            # inv_std = 1 / sqrt(sigma^2 + eps)
+            inv_std = 1 / xp.sqrt(var + self.eps)
         if self.affine:
             # x_hat = (x - mu) inv_std,  y = gamma x_hat + beta
             x_hat, y = _scale_shift(centered, inv_std, self.weight.data, self.bias.data)
@@ -132,13 +150,12 @@ class _BatchNorm(Module):
             if self.bias.requires_grad:
                 # dL/dbeta = sum G
                 self.bias.accumulate_grad(sum_g)
-        # scale = gamma inv_std   (inv_std without affine)
-        scale = self.weight.data * inv_std if self.affine else inv_std
+        gamma = self.weight.data if self.affine else 1.0
         if not saved.used_batch_stats:
             # eval: y is affine in x, dL/dx = G gamma / sqrt(running_var + eps)
-            return _product(grad_out, scale)
+            return _product(grad_out, gamma * inv_std)
         # dL/dx = gamma inv_std / M (M G - sum G - x_hat sum G x_hat)
-        return _input_grad(grad_out, x_hat, sum_g, sum_g_xhat, scale, count)
+        return _input_grad(grad_out, x_hat, sum_g, sum_g_xhat, gamma, inv_std, count)
 
     def extra_repr(self):
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}"

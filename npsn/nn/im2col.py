@@ -73,21 +73,63 @@ def col2im(cols, height, width, stride, padding):
         x: (N, H, W, C) with x[n, y, z, c] = sum of cols[n, i, j, a, b, c] over all (i, j, a, b)
         with s*i + a - padding = y and s*j + b - padding = z (taps on the padding are dropped).
 
-    Images are independent, so they are split between host threads (:func:`npsn.utils.threads.parallel_chunks`).
+    Each output element receives its taps in the order of (a, b), row-major, starting from 0, in both
+    forms below (so they give the same bits). In general the kh * kw taps are added one by one, each a
+    strided slice addition over the valid output positions. With stride s > 1 dividing H and W, taps
+    are grouped instead: tap a of output row i lands on row y = s*i + a - p = s*(i + alpha) + r with
+    alpha = floor((a - p) / s), r = (a - p) mod s, so in x seen as a lattice (N, H/s, s, W/s, s, C) the
+    consecutive taps a that share alpha land on cells (i + alpha, r) of one slice: one addition per
+    (alpha, beta) pair, 9 instead of 16 for a 4x4 stride-2 kernel with padding 1 (and larger, more
+    contiguous slices: faster on a CPU too). Images are independent, so they are split between host
+    threads (:func:`npsn.utils.threads.parallel_chunks`).
     """
     xp = get_array_module(cols)
     n, ho, wo, kh, kw, c = cols.shape
+    s = stride
     x = xp.empty((n, height, width, c), dtype=cols.dtype)
+    if s > 1 and height % s == 0 and width % s == 0:
+        # lattice[n, q, r, u, t, c] = x[n, s*q + r, s*u + t, c]   (a view)
+        lattice = x.reshape(n, height // s, s, width // s, s, c)
+        row_groups = _tap_groups(kh, s, padding, ho, height // s)
+        column_groups = _tap_groups(kw, s, padding, wo, width // s)
 
-    def work(start, stop):  # images [start, stop)
-        x[start:stop] = 0
-        for a in range(kh):
-            i0, i1, r0 = valid_range(ho, height, a, stride, padding)
-            for b in range(kw):
-                j0, j1, q0 = valid_range(wo, width, b, stride, padding)
-                # x[n, s*i + a - p, s*j + b - p, :] += cols[n, i, j, a, b, :]
-                x[start:stop, r0:r0 + stride * (i1 - i0):stride, q0:q0 + stride * (j1 - j0):stride] += \
-                    cols[start:stop, i0:i1, j0:j1, a, b]
+        def work(start, stop):  # images [start, stop)
+            x[start:stop] = 0
+            for a0, a1, r0, i0, i1, q0 in row_groups:
+                for b0, b1, t0, j0, j1, u0 in column_groups:
+                    # x[n, s*(i + alpha) + r, s*(j + beta) + t, :] += cols[n, i, j, a, b, :] for the group's taps
+                    target = lattice[start:stop, q0:q0 + i1 - i0, r0:r0 + a1 - a0, u0:u0 + j1 - j0, t0:t0 + b1 - b0]
+                    target += cols[start:stop, i0:i1, j0:j1, a0:a1, b0:b1].transpose(0, 1, 3, 2, 4, 5)
+    else:
+        def work(start, stop):  # images [start, stop)
+            x[start:stop] = 0
+            for a in range(kh):
+                i0, i1, r0 = valid_range(ho, height, a, stride, padding)
+                for b in range(kw):
+                    j0, j1, q0 = valid_range(wo, width, b, stride, padding)
+                    # x[n, s*i + a - p, s*j + b - p, :] += cols[n, i, j, a, b, :]   (in place, through a view)
+                    target = x[start:stop, r0:r0 + stride * (i1 - i0):stride, q0:q0 + stride * (j1 - j0):stride]
+                    target += cols[start:stop, i0:i1, j0:j1, a, b]
 
     parallel_chunks(cols, work)
     return x
+
+
+def _tap_groups(k, s, p, out_size, cells):
+    """Along one axis, the runs of taps a in [0, k) that share alpha = floor((a - p) / s), for :func:`col2im`.
+
+    Returns ``[(a0, a1, r0, i0, i1, q0), ...]``: taps [a0, a1) land on phases [r0, r0 + a1 - a0) of
+    lattice cells q = i + alpha; exactly the output positions i in [i0, i1) land inside the image
+    (0 <= q < cells), the first on cell q0. Runs that land nowhere are left out.
+    """
+    groups, a0 = [], 0
+    while a0 < k:
+        alpha = (a0 - p) // s
+        a1 = a0
+        while a1 < k and (a1 - p) // s == alpha:
+            a1 += 1
+        i0, i1 = max(0, -alpha), min(out_size, cells - alpha)
+        if i1 > i0:
+            groups.append((a0, a1, (a0 - p) % s, i0, i1, i0 + alpha))
+        a0 = a1
+    return groups

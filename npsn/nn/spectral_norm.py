@@ -10,7 +10,7 @@ layer's Lipschitz constant. For a Linear layer the two are the same number and t
 """
 import numpy as np
 
-from npsn.backend import device_of, get_array_module, to_device, to_numpy
+from npsn.backend import device_of, elementwise, get_array_module, to_device, to_numpy
 from npsn.nn import init
 from npsn.nn.module import Module, Parameter, input_grad
 
@@ -53,9 +53,42 @@ def exact_spectral_norm(weight, dim=0):
 
 
 def _normalize(x, eps):
-    """x / max(||x||, eps), as ``torch.nn.functional.normalize``."""
+    """x / max(||x||, eps), as ``torch.nn.functional.normalize``: two array operations.
+
+    ||x|| = sqrt(x . x) over the flattened x, which is how ``numpy.linalg.norm`` computes it.
+    """
+    flat = x.reshape(-1)
+    # x / max(sqrt(x . x), eps)
+    return _over_root(x, flat @ flat, eps)
+
+
+# The elementwise parts of the equations (npsn.backend.elementwise: one fused kernel on CuPy);
+# the dot products and sums stay outside them.
+
+@elementwise
+def _over_root(x, norm_squared, eps):
+    r"""x / \max(\sqrt{n}, \epsilon) for a scalar n = ||x||^2."""
     xp = get_array_module(x)
-    return x / xp.maximum(xp.linalg.norm(x), eps)
+    return x / xp.maximum(xp.sqrt(norm_squared), eps)
+
+
+@elementwise
+def _over(W, sigma, eps):
+    r"""W_{SN} = W / \max(\sigma, \epsilon)."""
+    xp = get_array_module(W)
+    return W / xp.maximum(sigma, eps)
+
+
+@elementwise
+def _eq12(G, a, b, inner, sigma, eps):
+    r"""(G - [\sigma > \epsilon] \langle G, W_{SN}\rangle\, a b) / \max(\sigma, \epsilon), with d sigma/dW = a b.
+
+    a b is u v^T in matrix mode (a = u as a column, b = v as a row) and the weight gradient
+    itself in operator mode (b = 1); ``inner`` = <G, W_SN>, computed outside (a reduction).
+    """
+    xp = get_array_module(G)
+    through_sigma = (sigma > eps).astype(G.dtype)
+    return (G - through_sigma * inner * (a * b)) / xp.maximum(sigma, eps)
 
 
 INIT_POWER_ITERATIONS = 15
@@ -264,15 +297,23 @@ class SpectralNorm(Module):
         if self.operator:
             u, v, _, _ = self._operator_power_iteration(self.n_power_iterations if n_iterations is None else n_iterations)
             return u, v
+        return self._matrix_power_iteration(self.n_power_iterations if n_iterations is None else n_iterations)[:2]
+
+    def _matrix_power_iteration(self, n_iterations):
+        """Matrix mode: ``n_iterations`` steps from the stored u, v; stores them and returns (u, v, W v).
+
+        W v is that of the last step (u = W v / ||W v||), or None for 0 steps.
+        """
         W = reshape_weight_to_matrix(self.weight_orig.data, self.dim)
-        u, v = self.weight_u, self.weight_v
-        for _ in range(self.n_power_iterations if n_iterations is None else n_iterations):
+        u, v, Wv = self.weight_u, self.weight_v, None
+        for _ in range(n_iterations):
             # v = W^T u / ||W^T u||
             v = _normalize(W.T @ u, self.eps)
             # u = W v / ||W v||
-            u = _normalize(W @ v, self.eps)
+            Wv = W @ v
+            u = _normalize(Wv, self.eps)
         self.weight_u, self.weight_v = u, v
-        return u, v
+        return u, v, Wv
 
     def _reset_operator_vectors(self, input_shape):
         """Operator mode: new u, v for inputs of ``input_shape`` (N, H, W, C): normalized Gaussians, then 15 warm-up steps."""
@@ -334,13 +375,13 @@ class SpectralNorm(Module):
 
         In operator mode sigma = <u, A_W v> with the stored image-shaped u, v.
         """
-        xp = get_array_module(self.weight_orig.data)
         if self.operator:
             sigma = self._operator_sigma(0)[0]
-            return self.weight_orig.data / xp.maximum(sigma, self.eps), sigma
-        W = reshape_weight_to_matrix(self.weight_orig.data, self.dim)
-        sigma = self.weight_u @ (W @ self.weight_v)
-        return self.weight_orig.data / xp.maximum(sigma, self.eps), sigma
+        else:
+            W = reshape_weight_to_matrix(self.weight_orig.data, self.dim)
+            sigma = self.weight_u @ (W @ self.weight_v)
+        # W_SN = W / sigma
+        return _over(self.weight_orig.data, sigma, self.eps), sigma
 
     # ------------------------------------------------------------------ forward / backward
     def forward(self, x):
@@ -349,14 +390,17 @@ class SpectralNorm(Module):
                 self._reset_operator_vectors(x.shape)
             # one step in training; sigma = <u, A_W v> ;  W_SN = W / sigma
             sigma, u, v, saved_v = self._operator_sigma(self.n_power_iterations if self.training else 0)
-            W_sn = self.weight_orig.data / get_array_module(sigma).maximum(sigma, self.eps)
+            W_sn = _over(self.weight_orig.data, sigma, self.eps)
             dsigma_inputs = dict(u=u, saved_v=saved_v)  # d sigma/dW is the weight gradient at (v, u)
         else:
-            if self.training:
-                self.power_iteration()
-            # sigma = u^T W v ;  W_SN = W / sigma
-            W_sn, sigma = self.normalized_weight()
-            dsigma_inputs = dict(u=self.weight_u, v=self.weight_v)  # d sigma/dW = u v^T
+            u, v, Wv = self._matrix_power_iteration(self.n_power_iterations if self.training else 0)
+            if Wv is None:  # eval: no step, W v from the stored v
+                Wv = reshape_weight_to_matrix(self.weight_orig.data, self.dim) @ v
+            # sigma = u^T W v  (W v of the last power-iteration step: the same product)
+            sigma = u @ Wv
+            # W_SN = W / sigma
+            W_sn = _over(self.weight_orig.data, sigma, self.eps)
+            dsigma_inputs = dict(u=u, v=v)  # d sigma/dW = u v^T
         self._sigma = sigma
         self.last_input_shape = tuple(x.shape)  # for diagnostics (operator norms)
         self.save_for_backward(sigma=sigma, W_sn=W_sn, **dsigma_inputs)
@@ -377,13 +421,12 @@ class SpectralNorm(Module):
         if grad_w_sn is None:  # weight_orig.requires_grad is False
             return grad_in
         if self.operator:
-            grad_W = _through_sigma(grad_w_sn, saved.W_sn, self._dsigma_dW(saved), saved.sigma, self.eps)
+            grad_W = _through_sigma(grad_w_sn, saved.W_sn, self._dsigma_dW(saved), 1.0, saved.sigma, self.eps)
         else:
-            xp = get_array_module(grad_w_sn)
-            # in the (h, w) matrix view, where d sigma/dW = u v^T        (Eq. 12)
+            # in the (h, w) matrix view, where d sigma/dW = u v^T (u as a column times v as a row)   (Eq. 12)
             grad_matrix = _through_sigma(reshape_weight_to_matrix(grad_w_sn, self.dim),
                                          reshape_weight_to_matrix(saved.W_sn, self.dim),
-                                         xp.outer(saved.u, saved.v), saved.sigma, self.eps)
+                                         saved.u.reshape(-1, 1), saved.v.reshape(1, -1), saved.sigma, self.eps)
             grad_W = matrix_to_weight(grad_matrix, self.weight_orig.data.shape, self.dim)
         self.weight_orig.accumulate_grad(grad_W)
         return grad_in
@@ -399,16 +442,19 @@ class SpectralNorm(Module):
         return text + (f", mode='operator', input_shape={self.input_shape}" if self.operator else "")
 
 
-def _through_sigma(G, W_sn, dsigma_dW, sigma, eps):
-    """dL/dW = (G - <G, W_SN> d sigma/dW) / sigma for G = dL/dW_SN (Eq. 12 with d sigma/dW = u v^T in matrix mode).
+def _through_sigma(G, W_sn, a, b, sigma, eps):
+    """dL/dW = (G - <G, W_SN> d sigma/dW) / sigma for G = dL/dW_SN (Eq. 12), with d sigma/dW = a b.
 
-    G, W_sn and dsigma_dW have one shape. A sigma below ``eps`` was clamped to eps, a constant: then
-    there is no term through sigma and dL/dW = G / eps.
+    G and W_sn have one shape, to which a b (elementwise, broadcast) is equal: u as a column times v as
+    a row in matrix mode (u v^T), the weight gradient of sigma and 1 in operator mode. A sigma below
+    ``eps`` was clamped to eps, a constant: then there is no term through sigma and dL/dW = G / eps.
+    Three array operations: G W_SN, its sum, and one elementwise kernel.
     """
     xp = get_array_module(G)
-    through_sigma = (sigma > eps).astype(G.dtype)
+    # <G, W_SN>
+    inner = xp.sum(G * W_sn)
     # dL/dW = (G - <G, W_SN> d sigma/dW) / sigma
-    return (G - through_sigma * xp.sum(G * W_sn) * dsigma_dW) / xp.maximum(sigma, eps)
+    return _eq12(G, a, b, inner, sigma, eps)
 
 
 def spectral_norm(layer, n_power_iterations=1, eps=1e-12, dim=None, rng=None, mode="matrix", input_shape=None):

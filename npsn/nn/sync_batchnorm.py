@@ -8,7 +8,7 @@ synchronized ones in place (PyTorch's ``SyncBatchNorm.convert_sync_batchnorm``);
 buffers and ``state_dict`` names are unchanged, so checkpoints load either way.
 """
 from npsn.backend import get_array_module
-from npsn.nn.batchnorm import BatchNorm1d, BatchNorm2d, _deviation, _input_grad, _product, _scale_shift
+from npsn.nn.batchnorm import BatchNorm1d, BatchNorm2d, _deviation, _input_grad, _product, _scale_shift, _statistics
 
 
 class _SyncBatchNorm:
@@ -76,14 +76,11 @@ class _SyncBatchNorm:
         centered, squared = _deviation(x, mean)
         # sigma^2 = 1/M sum_r sum (x_r - mu)^2   (the biased variance)
         var = self.comm.allreduce(squared.sum(axis=axes), "sum") / count
-        # running <- (1 - m) running + m batch_stat, with the unbiased variance M/(M-1) sigma^2 (as BatchNorm)
-        m = self.momentum
-        self.running_mean = (1 - m) * self.running_mean + m * mean.astype(self.running_mean.dtype)
-        unbiased = var * (count / max(count - 1, 1))
-        self.running_var = (1 - m) * self.running_var + m * unbiased.astype(self.running_var.dtype)
+        # running <- (1 - m) running + m batch_stat, with the unbiased variance M/(M-1) sigma^2 (as BatchNorm);
+        # inv_std = 1 / sqrt(sigma^2 + eps)   (one kernel)
+        self.running_mean, self.running_var, inv_std = _statistics(
+            self.running_mean, self.running_var, mean, var, self.momentum, count / max(count - 1, 1), self.eps)
         self.num_batches_tracked = self.num_batches_tracked + 1
-        # inv_std = 1 / sqrt(sigma^2 + eps)
-        inv_std = 1 / xp.sqrt(var + self.eps)
         if self.affine:
             # x_hat = (x - mu) inv_std,  y = gamma x_hat + beta
             x_hat, y = _scale_shift(centered, inv_std, self.weight.data, self.bias.data)
@@ -112,10 +109,9 @@ class _SyncBatchNorm:
                 self.bias.accumulate_grad(sums[:c].copy())
         # sum_r' sum G_r' and sum_r' sum G_r' x_hat_r'
         self.comm.allreduce(sums, "sum")
-        # scale = gamma inv_std   (inv_std without affine)
-        scale = self.weight.data * inv_std if self.affine else inv_std
+        gamma = self.weight.data if self.affine else 1.0
         # R dL/dx_r = gamma inv_std / M (M G_r - sum G - x_hat sum G x_hat), sums over all ranks
-        return _input_grad(grad_out, x_hat, sums[:c], sums[c:], scale, count)
+        return _input_grad(grad_out, x_hat, sums[:c], sums[c:], gamma, inv_std, count)
 
     def extra_repr(self):
         return super().extra_repr() + f", ranks={self.comm.size}"

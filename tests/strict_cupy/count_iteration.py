@@ -1,0 +1,52 @@
+"""Count the device work of one steady-state GAN training iteration on the strict CuPy stand-in.
+
+    PYTHONPATH=. python tests/strict_cupy/count_iteration.py --model cnn --batch-size 64
+
+Builds a :class:`npsn.gan.trainer.Trainer` on device "gpu" = the stand-in (random images, a
+temporary run directory), runs ``--warmup`` iterations (first-call work: fused kernels built,
+buffers allocated), then counts ``Trainer.train_iteration`` once and prints ops / syncs / h2d /
+d2h and the ``--top`` most frequent operations. The numbers follow the stand-in's counting
+rules (``strict_cupy`` docstring); no GPU is needed.
+"""
+import argparse
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/
+
+import numpy as np  # noqa: E402
+
+import strict_cupy  # noqa: E402
+from npsn import backend  # noqa: E402
+from npsn.gan.trainer import Trainer, preset_config  # noqa: E402
+
+
+def count_iteration(preset="cnn", batch_size=64, warmup=2, **overrides):
+    """The :class:`strict_cupy.Counts` of one training iteration after ``warmup`` others."""
+    config = preset_config(preset, device="gpu", batch_size=batch_size, **overrides)
+    images = np.random.default_rng(0).integers(0, 256, (4 * batch_size, 3, 32, 32), dtype=np.uint8)
+    with backend.use_gpu_module(strict_cupy.cupy), tempfile.TemporaryDirectory() as out:
+        trainer = Trainer(config, images, out)
+        for _ in range(warmup):
+            trainer.train_iteration()
+        with strict_cupy.counting() as counts:
+            trainer.train_iteration()
+    return counts
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="cnn")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--top", type=int, default=15)
+    args = p.parse_args(argv)
+    c = count_iteration(args.preset, args.batch_size, args.warmup)
+    print(f"{args.preset}, batch {args.batch_size}: ops={c.ops} syncs={c.syncs} h2d={c.h2d} d2h={c.d2h}")
+    for name, n in c.by_name.most_common(args.top):
+        print(f"  {n:5d}  {name}")
+
+
+if __name__ == "__main__":
+    main()
