@@ -181,6 +181,7 @@ def test_script_refuses_a_batch_not_divisible_by_the_ranks_in_one_line(archive, 
 @pytest.mark.parametrize("options, message", [
     ((), "started as 2 MPI ranks without --distributed: add --distributed (or run one process)"),
     (("--distributed", "--download"), "--download with --distributed would download once per rank"),
+    (("--distributed", "--conditional"), "--distributed does not train class-conditional runs yet"),
 ])
 def test_script_refuses_in_one_line_before_writing(archive, tmp_path, options, message):
     out = tmp_path / "run"
