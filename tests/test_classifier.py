@@ -1,8 +1,6 @@
 """The CIFAR-10 classifier of npsn.eval.classifier: its layers and loss against PyTorch, augmentation, training script."""
 import json
 import os
-import runpy
-import sys
 
 import numpy as np
 import pytest
@@ -14,18 +12,9 @@ from npsn.eval.classifier import Classifier, ClassifierError, cross_entropy, loa
 from npsn.eval.classifier_training import PAD, augment, one_cycle_lr
 from npsn.gan.checkpoint import load_checkpoint
 from npsn.nn.maxpool import MaxPool2d
+from script_runner import run_main
 
-SCRIPTS = os.path.join(os.path.dirname(__file__), "..", "scripts")
-sys.path.insert(0, SCRIPTS)  # for the scripts' `import preamble`
 TINY = ["--widths", "4,8,8", "--batch-size", "32", "--no-progress"]
-
-
-def run_main(script, *argv):
-    namespace = runpy.run_path(os.path.join(SCRIPTS, script), run_name="npsn_script_under_test")
-    try:
-        return namespace["main"](list(argv))
-    except SystemExit as exc:
-        return exc.code
 
 
 # --- the loss and the layers -----------------------------------------------------------------------------------

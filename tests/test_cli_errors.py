@@ -11,7 +11,6 @@ import json
 import os
 import runpy
 import shutil
-import sys
 
 import numpy as np
 import pytest
@@ -21,19 +20,9 @@ from npsn import backend
 from npsn.gan import trainer as trainer_module
 from npsn.gan.checkpoint import load_checkpoint
 from npsn.gan.trainer import Trainer, preset_config
+from script_runner import SCRIPTS, run_main
 
-SCRIPTS = os.path.join(os.path.dirname(__file__), "..", "scripts")
-sys.path.insert(0, SCRIPTS)  # for the scripts' `import preamble`
 TINY = ["--g-ch", "16", "--d-ch", "8", "--batch-size", "8", "--sample-every", "0", "--log-every", "1"]
-
-
-def run_main(script, *argv):
-    """scripts/<script>'s main(argv) in-process; argparse's exits become their status."""
-    namespace = runpy.run_path(os.path.join(SCRIPTS, script), run_name="npsn_script_under_test")
-    try:
-        return namespace["main"](list(argv))
-    except SystemExit as exc:
-        return exc.code
 
 
 def snapshot(root):

@@ -18,7 +18,8 @@ from npsn.eval.evaluation import cycle_labels, generate, load_run
 from npsn.gan.checkpoint import load_checkpoint, save_checkpoint
 from npsn.gan.trainer import GRID_COLUMNS, PRESET_SOURCES, PRESETS, Trainer, TrainConfig, preset_config
 from npsn.utils.images import make_grid, to_uint8
-from test_cli_errors import interrupt_at_iteration, run_main
+from script_runner import run_main
+from test_cli_errors import interrupt_at_iteration
 
 TINY = ["--g-ch", "16", "--d-ch", "8", "--batch-size", "8", "--log-every", "1"]
 TINY_CONFIG = dict(g_ch=16, d_ch=8, batch_size=8, log_every=1, checkpoint_every=100, sample_every=0)

@@ -1,8 +1,6 @@
 """scripts/evaluate.py with the classifier: the Fréchet distance on its features, GAN-test accuracy, and without one."""
 import json
 import os
-import runpy
-import sys
 
 import numpy as np
 import pytest
@@ -14,18 +12,9 @@ from npsn.eval.classifier import load_classifier
 from npsn.eval.evaluation import cycle_labels, generate
 from npsn.eval.frechet import frechet_distance_of_features
 from npsn.eval.gan_test import class_aware_measures, gan_test_accuracy
+from script_runner import run_main
 
-SCRIPTS = os.path.join(os.path.dirname(__file__), "..", "scripts")
-sys.path.insert(0, SCRIPTS)  # for the scripts' `import preamble`
 TINY_GAN = ["--g-ch", "16", "--d-ch", "8", "--batch-size", "8", "--sample-every", "0", "--log-every", "1"]
-
-
-def run_main(script, *argv):
-    namespace = runpy.run_path(os.path.join(SCRIPTS, script), run_name="npsn_script_under_test")
-    try:
-        return namespace["main"](list(argv))
-    except SystemExit as exc:
-        return exc.code
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from npsn import backend
-from test_scripts import run_main
+from script_runner import run_main
 
 
 def run_check(*argv):

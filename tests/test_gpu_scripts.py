@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from fake_cifar import write_fake_cifar
-from test_scripts import run_main
+from script_runner import run_main
 
 TINY = ["--g-ch", "16", "--d-ch", "8", "--batch-size", "8", "--log-every", "1"]
 

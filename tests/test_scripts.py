@@ -1,7 +1,6 @@
 """The command-line scripts end to end on a tiny fake CIFAR-10: train with evaluation, evaluate, plot, sample."""
 import json
 import os
-import runpy
 import sys
 
 import numpy as np
@@ -11,16 +10,9 @@ from PIL import Image
 from fake_cifar import write_fake_cifar
 from npsn import backend
 from npsn.gan.checkpoint import load_checkpoint
+from script_runner import SCRIPTS, run_main
 
-SCRIPTS = os.path.join(os.path.dirname(__file__), "..", "scripts")
-sys.path.insert(0, SCRIPTS)  # for the scripts' `import preamble` (`python scripts/x.py` puts scripts/ there)
 TINY = ["--g-ch", "16", "--d-ch", "8", "--batch-size", "8", "--sample-every", "0", "--log-every", "1"]
-
-
-def run_main(script, *argv):
-    """Load scripts/<script> (not as __main__) and return its main(argv)'s exit code."""
-    namespace = runpy.run_path(os.path.join(SCRIPTS, script), run_name="npsn_script_under_test")
-    return namespace["main"](list(argv))
 
 
 def read_log(run_dir):
