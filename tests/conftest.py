@@ -7,6 +7,7 @@ path runs in CI and makes the same assertions. ``NPSN_TEST_GPU`` chooses explici
 ``auto`` (the default, as above), ``cupy`` (real CuPy only: the "gpu" runs skip without a
 device; ``scripts/gpu_check.py`` uses this) or ``strict`` (the stand-in even where a GPU is).
 """
+import contextlib
 import functools
 import os
 import sys
@@ -40,26 +41,30 @@ def gpu_module():
     return "skip" if mode == "cupy" else strict_cupy.cupy
 
 
+@contextlib.contextmanager
+def _on_gpu():
+    """Within the block, device "gpu" is what :func:`gpu_module` chose (the test skips if nothing)."""
+    module = gpu_module()
+    if module == "skip":
+        pytest.skip("NPSN_TEST_GPU=cupy and no CuPy with a usable CUDA device here")
+    with backend.use_gpu_module(module):
+        yield "gpu"
+
+
 @pytest.fixture(params=["cpu", "gpu"])
 def device(request):
     if request.param == "cpu":
         yield "cpu"
         return
-    module = gpu_module()
-    if module == "skip":
-        pytest.skip("NPSN_TEST_GPU=cupy and no CuPy with a usable CUDA device here")
-    with backend.use_gpu_module(module):
-        yield "gpu"
+    with _on_gpu() as name:
+        yield name
 
 
 @pytest.fixture
 def gpu():
     """Device "gpu" alone, on what the ``device`` fixture's "gpu" run uses (real CuPy, else the stand-in)."""
-    module = gpu_module()
-    if module == "skip":
-        pytest.skip("NPSN_TEST_GPU=cupy and no CuPy with a usable CUDA device here")
-    with backend.use_gpu_module(module):
-        yield "gpu"
+    with _on_gpu() as name:
+        yield name
 
 
 @pytest.fixture

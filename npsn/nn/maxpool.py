@@ -1,9 +1,9 @@
 """Max pooling on channels-last activations (N, H, W, C), PyTorch's ``MaxPool2d(k)``."""
 from npsn.backend import get_array_module
-from npsn.nn.module import Module
+from npsn.nn.pooling import WindowPool2d
 
 
-class MaxPool2d(Module):
+class MaxPool2d(WindowPool2d):
     r"""Maximum over non-overlapping k x k windows (PyTorch's ``MaxPool2d(k)``: stride k, no padding).
 
     Args:
@@ -37,15 +37,8 @@ class MaxPool2d(Module):
            [0., 1., 0., 1.]], dtype=float32)
     """
 
-    def __init__(self, kernel_size=2):
-        super().__init__()
-        self.kernel_size = int(kernel_size)
-
     def forward(self, x):
-        n, h, w, c = x.shape
-        k = self.kernel_size
-        if h % k or w % k:
-            raise ValueError(f"MaxPool2d({k}) needs H and W divisible by {k}, got {h}x{w}")
+        n, h, w, c, k = self.windows_of(x)
         # windows[n, i, j, c, a*k + b] = x[n, k*i + a, k*j + b, c]
         windows = x.reshape(n, h // k, k, w // k, k, c).transpose(0, 1, 3, 5, 2, 4).reshape(n, h // k, w // k, c, k * k)
         argmax = windows.argmax(axis=-1)
@@ -63,6 +56,3 @@ class MaxPool2d(Module):
         # back from windows (n, i, j, c, a, b) to x's layout (n, k*i + a, k*j + b, c)
         grad_windows = grad_windows.astype(grad_out.dtype, copy=False).reshape(n, h2, w2, c, k, k)
         return grad_windows.transpose(0, 1, 4, 2, 5, 3).reshape(n, h2 * k, w2 * k, c)
-
-    def extra_repr(self):
-        return f"kernel_size={self.kernel_size}"

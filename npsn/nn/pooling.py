@@ -6,7 +6,26 @@ from npsn.backend import get_array_module
 from npsn.nn.module import Module
 
 
-class AvgPool2d(Module):
+class WindowPool2d(Module):
+    """Base of the poolings over non-overlapping k x k windows (stride k, no padding): the window side and its check."""
+
+    def __init__(self, kernel_size=2):
+        super().__init__()
+        self.kernel_size = int(kernel_size)
+
+    def windows_of(self, x):
+        """``(n, h, w, c, k)`` of a channels-last batch whose H and W are multiples of k (ValueError if not)."""
+        n, h, w, c = x.shape
+        k = self.kernel_size
+        if h % k or w % k:
+            raise ValueError(f"{type(self).__name__}({k}) needs H and W divisible by {k}, got {h}x{w}")
+        return n, h, w, c, k
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}"
+
+
+class AvgPool2d(WindowPool2d):
     r"""Average over non-overlapping k x k windows (PyTorch's ``AvgPool2d(k)``, stride k, no padding).
 
     Args:
@@ -22,15 +41,8 @@ class AvgPool2d(Module):
     Every input pixel of a window receives 1/k^2 of its output's gradient.
     """
 
-    def __init__(self, kernel_size=2):
-        super().__init__()
-        self.kernel_size = int(kernel_size)
-
     def forward(self, x):
-        n, h, w, c = x.shape
-        k = self.kernel_size
-        if h % k or w % k:
-            raise ValueError(f"AvgPool2d({k}) needs H and W divisible by {k}, got {h}x{w}")
+        n, h, w, c, k = self.windows_of(x)
         self.save_for_backward(shape=x.shape)
         # y[n, i, j, c] = mean over the window (a, b) of x[n, k*i + a, k*j + b, c]
         return x.reshape(n, h // k, k, w // k, k, c).mean(axis=(2, 4))
@@ -42,9 +54,6 @@ class AvgPool2d(Module):
         # dL/dx[n, k*i + a, k*j + b, c] = G[n, i, j, c] / k^2
         g = (grad_out / (k * k))[:, :, None, :, None, :]
         return xp.broadcast_to(g, (n, h // k, k, w // k, k, c)).reshape(n, h, w, c)
-
-    def extra_repr(self):
-        return f"kernel_size={self.kernel_size}"
 
 
 class Upsample(Module):
