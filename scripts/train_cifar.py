@@ -280,9 +280,6 @@ def train(args, comm=None, stop=None):
                              "then give --data data")
         # 1. everything that can be checked without the data; nothing is written
         config, out_dir, stored = build_config(args)
-        if comm is not None and config.num_classes:
-            raise UsageError("--distributed does not train class-conditional runs yet (labels are not split between "
-                             "ranks, and conditional BN has no synchronized twin): train it in one process")
         if args.resume:
             read_log(os.path.join(out_dir, "log.jsonl"))  # a damaged line other than a torn last one stops here
         backend.check_device(config.device)
@@ -309,7 +306,7 @@ def train(args, comm=None, stop=None):
                 from npsn.distributed.trainer import DistributedTrainer
 
                 trainer = DistributedTrainer(config, images, out_dir, comm, resume=bool(args.resume),
-                                             sync_bn=not args.local_bn, stop=stop)
+                                             sync_bn=not args.local_bn, stop=stop, labels=labels, class_names=names)
         except (KeyError, ValueError, TypeError) as exc:
             raise UsageError(f"{os.path.join(out_dir, 'checkpoint.npz')} does not fit the run's config.json "
                              f"({type(exc).__name__}: {fit(exc)}); restore both from a copy") from None

@@ -2,8 +2,9 @@
 
 Modes (each rank runs the same code; rank 0 writes ``OUT``, an .npz of results):
 
-* ``train MODEL UNTIL OUT_DIR [resume]``: float64 training of a small model with the
-  DistributedTrainer (run without mpiexec: the plain Trainer, one process), to iteration UNTIL,
+* ``train MODEL UNTIL OUT_DIR [resume]``: float64 training of a small model (``cnn``, ``resnet``, or
+  ``cnn-conditional``: the cnn class-conditional on 10 classes) with the DistributedTrainer (run
+  without mpiexec: the plain Trainer, one process), to iteration UNTIL,
   writing OUT_DIR/checkpoint.npz (rank 0); ``resume`` continues from that checkpoint first.
 * ``layers OUT``: SyncBatchNorm2d on this rank's slice of a fixed global batch (forward, backward,
   and central differences of L = sum_r <G_r, y_r>), gathered on rank 0; and one MultiNodeOptimizer
@@ -17,18 +18,24 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import numpy as np  # noqa: E402
 
-TINY = {"cnn": dict(g_ch=16, d_ch=8, n_dis=1), "resnet": dict(g_ch=8, d_ch=8, n_dis=2)}
+TINY = {"cnn": dict(g_ch=16, d_ch=8, n_dis=1), "resnet": dict(g_ch=8, d_ch=8, n_dis=2),
+        "cnn-conditional": dict(g_ch=16, d_ch=8, n_dis=1, num_classes=10)}
 
 
 def images(n=40, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)
 
 
+def labels(n=40, seed=0):
+    """The classes of :func:`images` for a conditional run: int (n,) in 0..9."""
+    return np.random.default_rng([seed, 1]).integers(0, 10, n)
+
+
 def config(model):
     from npsn.gan.trainer import preset_config
 
-    return preset_config(model, batch_size=8, iterations=100, log_every=1, sample_every=0, checkpoint_every=0,
-                         checkpoint_minutes=0, **TINY[model])
+    return preset_config(model.removesuffix("-conditional"), batch_size=8, iterations=100, log_every=1,
+                         sample_every=0, checkpoint_every=0, checkpoint_minutes=0, **TINY[model])
 
 
 def make_trainer(model, out_dir, comm=None):
@@ -37,7 +44,9 @@ def make_trainer(model, out_dir, comm=None):
     from npsn.gan.trainer import Trainer
 
     c = config(model)
-    trainer = Trainer(c, images(), out_dir) if comm is None else DistributedTrainer(c, images(), out_dir, comm)
+    y = labels() if c.num_classes else None
+    trainer = (Trainer(c, images(), out_dir, labels=y) if comm is None
+               else DistributedTrainer(c, images(), out_dir, comm, labels=y))
     trainer.G.to(dtype=np.float64)
     trainer.D.to(dtype=np.float64)
     return trainer

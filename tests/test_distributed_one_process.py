@@ -9,7 +9,9 @@ from npsn.distributed.comm import SingleProcess
 from npsn.distributed.optimizer import MultiNodeOptimizer
 from npsn.gan.models import build_gan
 from npsn.nn import BatchNorm1d, BatchNorm2d
-from npsn.nn.sync_batchnorm import SyncBatchNorm1d, SyncBatchNorm2d, convert_sync_batchnorm
+from npsn.nn.conditional_batchnorm import CategoricalConditionalBatchNorm1d, CategoricalConditionalBatchNorm2d
+from npsn.nn.sync_batchnorm import (SyncBatchNorm1d, SyncBatchNorm2d, SyncCategoricalConditionalBatchNorm1d,
+                                    SyncCategoricalConditionalBatchNorm2d, convert_sync_batchnorm)
 from npsn.optim import Adam
 
 
@@ -122,3 +124,42 @@ def test_distributed_without_mpi4py_is_one_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "mpi4py", None)  # as if not installed
     with pytest.raises(DistributedError, match=r"needs mpi4py.*pip install mpi4py mpich"):
         import_mpi()
+
+
+@pytest.mark.parametrize("cls, sync_cls, shape", [
+    (CategoricalConditionalBatchNorm1d, SyncCategoricalConditionalBatchNorm1d, (6, 4)),
+    (CategoricalConditionalBatchNorm2d, SyncCategoricalConditionalBatchNorm2d, (5, 3, 2, 4))])
+def test_one_rank_is_conditional_batchnorm(cls, sync_cls, shape):
+    """Forward, input and per-class gradients, running statistics and eval mode of the conditional BN."""
+    rng = np.random.default_rng(1)
+    k, c = 3, shape[-1]
+    plain, sync = cls(c, k).to(dtype=np.float64), sync_cls(c, k, SingleProcess()).to(dtype=np.float64)
+    gamma, beta = rng.standard_normal((k, c)) + 1, rng.standard_normal((k, c))
+    for bn in (plain, sync):
+        bn.weight.data[...], bn.bias.data[...] = gamma, beta
+    for _ in range(2):  # training mode, twice (running statistics and accumulated gradients)
+        x, g = rng.standard_normal(shape) * 3 + 2, rng.standard_normal(shape)
+        y = rng.integers(0, k - 1, shape[0])  # class k-1 absent: its gradient rows stay 0
+        np.testing.assert_allclose(sync(x, y), plain(x, y), rtol=0, atol=1e-13)
+        np.testing.assert_allclose(sync.backward(g), plain.backward(g), rtol=0, atol=1e-13)
+    for name in ("running_mean", "running_var"):
+        np.testing.assert_allclose(getattr(sync, name), getattr(plain, name), rtol=0, atol=1e-14)
+    assert sync.num_batches_tracked == plain.num_batches_tracked == 2
+    for name in ("weight", "bias"):
+        np.testing.assert_allclose(getattr(sync, name).grad, getattr(plain, name).grad, rtol=0, atol=1e-12)
+        assert np.any(getattr(plain, name).grad[:k - 1]) and not np.any(getattr(plain, name).grad[k - 1])
+    plain.eval(), sync.eval()
+    x, g, y = rng.standard_normal(shape), rng.standard_normal(shape), rng.integers(0, k, shape[0])
+    np.testing.assert_array_equal(sync(x, y), plain(x, y))
+    np.testing.assert_array_equal(sync.backward(g), plain.backward(g))
+
+
+def test_conversion_of_a_conditional_generator_keeps_parameters_and_checkpoint_names():
+    G, _ = build_gan("cnn", g_ch=16, d_ch=8, num_classes=10)
+    params, keys = list(G.parameters()), list(G.state_dict())
+    convert_sync_batchnorm(G, SingleProcess())
+    kinds = {type(m).__name__ for m in G.modules()}
+    assert "SyncCategoricalConditionalBatchNorm2d" in kinds and "CategoricalConditionalBatchNorm2d" not in kinds
+    assert all(a is b for a, b in zip(G.parameters(), params)) and list(G.state_dict()) == keys
+    plain, _ = build_gan("cnn", g_ch=16, d_ch=8, num_classes=10, seed=1)
+    plain.load_state_dict(G.state_dict())  # checkpoints interchangeable

@@ -2,7 +2,8 @@
 
 Every rank holds the whole models and optimizers and draws the same *global* batches (the same
 data order, the same z), then keeps its disjoint 1/R slice of each: rank r takes rows
-[r B/R, (r+1) B/R) of the real batch and of every z batch. G's BatchNorm layers are synchronized
+[r B/R, (r+1) B/R) of the real batch (and of its labels) and of every z batch (and of G's labels, in
+a class-conditional run). G's BatchNorm layers, conditional ones included, are synchronized
 (:mod:`npsn.nn.sync_batchnorm`), so its batch statistics are those of the global batch, and the
 optimizers average the gradients over ranks (:mod:`npsn.distributed.optimizer`). R ranks then
 compute one process's update at the same global batch, up to the rounding of the sums. With
@@ -62,26 +63,28 @@ class DistributedTrainer(Trainer):
 
     Invariant between iterations (from the first :meth:`run` on): every rank holds the same G and
     D (weights, SN's u and v, BN statistics), the same optimizer state, data stream and noise
-    generators, and the same ``iteration`` -- rank 0's, broadcast once and then kept by applying
-    the same averaged update everywhere.
+    generators (G's labels' ``label_noise`` included), and the same ``iteration`` -- rank 0's,
+    broadcast once and then kept by applying the same averaged update everywhere.
 
     Args:
-        config, images, out_dir, resume: as :class:`~npsn.gan.trainer.Trainer` (``batch_size`` and
-            the G batch are global: each must be divisible by ``comm.size``).
+        config, images, out_dir, resume, labels, class_names: as :class:`~npsn.gan.trainer.Trainer`
+            (``batch_size`` and the G batch are global: each must be divisible by ``comm.size``).
         comm: the communicator of the run (:mod:`npsn.distributed.comm`).
-        sync_bn: synchronize G's BatchNorm (default; R ranks = one process); False keeps per-rank statistics.
+        sync_bn: synchronize G's (conditional) BatchNorm (default; R ranks = one process); False keeps per-rank
+            statistics.
         stop: a :class:`StopRequest` whose ``requested`` any rank may set.
 
     Construction communicates nothing (so every rank can validate first); the first :meth:`run`
     calls :meth:`synchronize`, which gives every rank rank 0's state.
     """
 
-    def __init__(self, config, images, out_dir, comm, resume=False, sync_bn=True, stop=None):
+    def __init__(self, config, images, out_dir, comm, resume=False, sync_bn=True, stop=None, labels=None,
+                 class_names=None):
         self.comm = comm
         for name, n in (("batch_size", config.batch_size), ("g_batch_size", config.g_batch_size or config.batch_size)):
             if n % comm.size:
                 raise ValueError(f"{name} {n} is not divisible by the {comm.size} ranks")
-        super().__init__(config, images, out_dir, resume=resume)
+        super().__init__(config, images, out_dir, resume=resume, labels=labels, class_names=class_names)
         if sync_bn:
             convert_sync_batchnorm(self.G, comm)
         self.opt_g = create_multi_node_optimizer(self.opt_g, comm)
@@ -100,6 +103,8 @@ class DistributedTrainer(Trainer):
             state.update(flatten(prefix, part.state_dict()))
         state.update({"iteration": self.iteration, "noise": self.noise.bit_generator.state,
                       "pixel_noise": self.pixel_noise.bit_generator.state})
+        if self.label_noise is not None:  # a conditional run: G's labels
+            state["label_noise"] = self.label_noise.bit_generator.state
         return state
 
     def load_state(self, state):
@@ -111,6 +116,8 @@ class DistributedTrainer(Trainer):
         self.stream.load_state_dict(unflatten("stream", state))
         self.noise.bit_generator.state = state["noise"]
         self.pixel_noise.bit_generator.state = state["pixel_noise"]
+        if self.label_noise is not None:
+            self.label_noise.bit_generator.state = state["label_noise"]
         self.iteration = int(state["iteration"])
 
     def synchronize(self):
@@ -136,6 +143,21 @@ class DistributedTrainer(Trainer):
         batch = super().real_batch()
         return batch[local_slice(len(batch), self.comm)]
 
+    def real_labelled_batch(self):
+        """This rank's rows of the global real batch of a conditional run and of its labels (drawn whole, as above)."""
+        x, y = super().real_labelled_batch()
+        rows = local_slice(len(x), self.comm)
+        return x[rows], y[rows]
+
+    def sample_y(self, n):
+        """G's labels for this rank's ``n`` rows: its slice of a global draw of ``n R`` (as many as the global z).
+
+        ``n`` is this rank's count, as :func:`~npsn.gan.updates.gan_iteration` asks for as many labels
+        as its (this rank's) z rows; the global draw keeps ``label_noise`` as one process's.
+        """
+        y = super().sample_y(n * self.comm.size)
+        return y[local_slice(len(y), self.comm)]
+
     def sample_z(self, n=None):
         """This rank's rows of a global batch of ``n`` z (default: the global D batch)."""
         z = super().sample_z(n)
@@ -153,8 +175,10 @@ class DistributedTrainer(Trainer):
             raise RanksStopped  # before any work: the checkpoint is then the last completed (and logged) iteration
         lr = self.learning_rate(self.iteration)
         self.opt_d.lr = self.opt_g.lr = lr
+        conditional = bool(self.config.num_classes)
         loss_d, loss_g = gan_iteration(self.G, self.D, self.opt_d, self.opt_g, (self.d_loss, self.g_loss),
-                                       self.config.n_dis, self.real_batch, self.sample_z, self.sample_g_z)
+                                       self.config.n_dis, self.real_labelled_batch if conditional else self.real_batch,
+                                       self.sample_z, self.sample_g_z, self.sample_y if conditional else None)
         self.iteration += 1
         # [loss_d, loss_g, stop] summed over ranks: R times the global losses, and how many ranks ask to stop
         xp = backend.get_array_module(loss_d)

@@ -341,8 +341,8 @@ class Trainer:
         if not self.config.num_classes:
             return discriminator_update(self.G, self.D, self.opt_d, self.d_loss, self.real_batch(), self.sample_z())
         x, y = self.real_labelled_batch()
-        return discriminator_update(self.G, self.D, self.opt_d, self.d_loss, x, self.sample_z(), y,
-                                    self.sample_y(self.config.batch_size))
+        z = self.sample_z()
+        return discriminator_update(self.G, self.D, self.opt_d, self.d_loss, x, z, y, self.sample_y(z.shape[0]))
 
     def g_step(self):
         """One generator update alone through a frozen D (timed by ``scripts/bench.py``); returns the 0-d loss."""

@@ -5,10 +5,14 @@ Each rank holds a disjoint slice of the global batch. :class:`SyncBatchNorm2d` (
 taken over every rank's slice (one allreduce each), so R ranks compute what one process computes
 on the concatenated batch. :func:`convert_sync_batchnorm` turns a model's BatchNorm layers into
 synchronized ones in place (PyTorch's ``SyncBatchNorm.convert_sync_batchnorm``); parameters,
-buffers and ``state_dict`` names are unchanged, so checkpoints load either way.
+buffers and ``state_dict`` names are unchanged, so checkpoints load either way. The class-conditional
+generator's :mod:`~npsn.nn.conditional_batchnorm` layers have synchronized twins too
+(:class:`SyncCategoricalConditionalBatchNorm2d`, ``1d``), which the conversion uses.
 """
 from npsn.backend import get_array_module
 from npsn.nn.batchnorm import BatchNorm1d, BatchNorm2d, _deviation, _input_grad, _product, _scale_shift, _statistics
+from npsn.nn.conditional_batchnorm import (CategoricalConditionalBatchNorm1d, CategoricalConditionalBatchNorm2d,
+                                           _CategoricalConditionalBatchNorm)
 
 
 class _SyncBatchNorm:
@@ -141,13 +145,77 @@ class SyncBatchNorm2d(_SyncBatchNorm, BatchNorm2d):
         self._init_comm(comm)
 
 
-_SYNC_OF = {BatchNorm1d: SyncBatchNorm1d, BatchNorm2d: SyncBatchNorm2d}
+class _SyncCategoricalConditionalBatchNorm(_CategoricalConditionalBatchNorm):
+    r"""Conditional BN whose batch statistics cover the global batch of ``comm``'s ranks; gamma and beta per class.
+
+    The two parents combine through the method resolution order, e.g. for the 2-d layer
+    ``_CategoricalConditionalBatchNorm -> _SyncBatchNorm -> BatchNorm2d``: the conditional layer's
+    ``super().forward(x)`` / ``super().backward(...)`` (its normalization without affine parameters)
+    are :class:`_SyncBatchNorm`'s, so
+
+    .. math:: y_{n,\dots,c} = \Gamma_{y_n, c}\, \hat x_{n,\dots,c} + B_{y_n, c}, \qquad
+              \hat x = (x - \mu)/\sqrt{\sigma^2 + \epsilon},
+
+    with mu and sigma^2 over the *global* batch (all classes, all ranks), the labels y_n of this
+    rank's rows, and dL/dx the synchronized input gradient applied to dL/dx_hat = G Gamma_{y_n}.
+
+    Why the per-class gradients are right: rank r accumulates its *local* sums
+    dL_r/dGamma = Y_r^T S(G_r x_hat_r) and dL_r/dB = Y_r^T S(G_r) (the conditional layer's own
+    backward), where x_hat_r is already normalized with the global statistics. With L = 1/R sum_r L_r,
+    the one-process gradient of the global batch is dL/dGamma = Y^T S(G x_hat) with G = G_r / R on
+    rank r's rows, i.e. 1/R sum_r Y_r^T S(G_r x_hat_r), a sum over the ranks' disjoint rows: exactly
+    the mean over ranks that the data-parallel optimizer takes (as for :class:`_SyncBatchNorm`'s gamma
+    and beta). A class absent from a rank's slice contributes a zero row there, as its rows contribute
+    nothing to the one-process sum. With one rank everything reduces to the conditional layer.
+
+    **Invariant between calls**: as the conditional layer's; ``comm`` is the group's communicator, and
+    (the contract of :class:`_SyncBatchNorm`) every rank calls forward and backward in the same order.
+    """
+
+    def __init__(self, num_features, num_classes, comm, eps=1e-5, momentum=0.1):
+        super().__init__(num_features, num_classes, eps=eps, momentum=momentum)
+        self._init_comm(comm)
+
+    def extra_repr(self):
+        return super().extra_repr() + f", ranks={self.comm.size}"
+
+
+class SyncCategoricalConditionalBatchNorm1d(_SyncCategoricalConditionalBatchNorm, _SyncBatchNorm, BatchNorm1d):
+    """CategoricalConditionalBatchNorm1d over the global batch of ``comm``'s ranks: (N, C), labels (N,) per rank.
+
+    See :class:`_SyncCategoricalConditionalBatchNorm`.
+
+    >>> import numpy as np
+    >>> from npsn.distributed.comm import SingleProcess
+    >>> bn = SyncCategoricalConditionalBatchNorm1d(2, 3, SingleProcess())
+    >>> x, y = np.arange(8.0).reshape(4, 2), np.array([1, 0, 1, 2])
+    >>> bn.bias.data[1] = 5.0  # class 1's beta
+    >>> plain = CategoricalConditionalBatchNorm1d(2, 3)
+    >>> plain.bias.data[1] = 5.0
+    >>> np.allclose(bn(x, y), plain(x, y)), [c.__name__ for c in type(bn).__mro__[1:4]]
+    (True, ['_SyncCategoricalConditionalBatchNorm', '_CategoricalConditionalBatchNorm', '_SyncBatchNorm'])
+    """
+
+
+class SyncCategoricalConditionalBatchNorm2d(_SyncCategoricalConditionalBatchNorm, _SyncBatchNorm, BatchNorm2d):
+    """CategoricalConditionalBatchNorm2d over the global batch of ``comm``'s ranks: (N, H, W, C), labels (N,) per rank.
+
+    See :class:`_SyncCategoricalConditionalBatchNorm`.
+    """
+
+
+_SYNC_OF = {BatchNorm1d: SyncBatchNorm1d, BatchNorm2d: SyncBatchNorm2d,
+            CategoricalConditionalBatchNorm1d: SyncCategoricalConditionalBatchNorm1d,
+            CategoricalConditionalBatchNorm2d: SyncCategoricalConditionalBatchNorm2d}
 
 
 def _synchronized(bn, comm):
-    """A Sync twin of BatchNorm ``bn`` that shares its Parameters and holds its buffers and mode."""
-    sync = _SYNC_OF[type(bn)](bn.num_features, comm, bn.eps, bn.momentum, bn.affine)
-    if bn.affine:
+    """A Sync twin of (conditional) BatchNorm ``bn`` that shares its Parameters and holds its buffers and mode."""
+    if isinstance(bn, _CategoricalConditionalBatchNorm):
+        sync = _SYNC_OF[type(bn)](bn.num_features, bn.num_classes, comm, bn.eps, bn.momentum)
+    else:
+        sync = _SYNC_OF[type(bn)](bn.num_features, comm, bn.eps, bn.momentum, bn.affine)
+    if bn.weight is not None:  # affine BatchNorm's (C,), or the conditional layer's per-class (K, C)
         sync.weight, sync.bias = bn.weight, bn.bias
     for name, value in bn._buffers.items():
         setattr(sync, name, value)
@@ -156,12 +224,13 @@ def _synchronized(bn, comm):
 
 
 def convert_sync_batchnorm(module, comm):
-    """Replace every BatchNorm1d/BatchNorm2d inside ``module`` by its synchronized twin; returns the module.
+    """Replace every BatchNorm1d/2d and CategoricalConditionalBatchNorm1d/2d inside ``module`` by its synchronized
+    twin; returns the module.
 
     Children are replaced in place (same names, same Parameter objects, same buffers), so
     ``parameters()``, optimizers built before the conversion and ``state_dict`` keys are
-    unchanged. A ``module`` that is itself a BatchNorm is returned converted. Subclasses of
-    BatchNorm (other normalizations) are left as they are.
+    unchanged. A ``module`` that is itself one of these layers is returned converted. Other
+    subclasses of BatchNorm (other normalizations) are left as they are.
 
     >>> from npsn.distributed.comm import SingleProcess
     >>> from npsn.nn import BatchNorm2d, ReLU, Sequential
