@@ -27,7 +27,7 @@ from npsn.distributed.optimizer import (broadcast_state, create_multi_node_optim
                                         state_digest)
 from npsn.gan.checkpoint import flatten, unflatten
 from npsn.gan.trainer import Trainer, TrainingDiverged
-from npsn.gan.updates import check_finite, gan_iteration
+from npsn.gan.updates import check_finite
 from npsn.nn.sync_batchnorm import convert_sync_batchnorm
 
 
@@ -173,13 +173,7 @@ class DistributedTrainer(Trainer):
         """
         if self.stop_agreed:
             raise RanksStopped  # before any work: the checkpoint is then the last completed (and logged) iteration
-        lr = self.learning_rate(self.iteration)
-        self.opt_d.lr = self.opt_g.lr = lr
-        conditional = bool(self.config.num_classes)
-        loss_d, loss_g = gan_iteration(self.G, self.D, self.opt_d, self.opt_g, (self.d_loss, self.g_loss),
-                                       self.config.n_dis, self.real_labelled_batch if conditional else self.real_batch,
-                                       self.sample_z, self.sample_g_z, self.sample_y if conditional else None)
-        self.iteration += 1
+        loss_d, loss_g = self.run_updates()
         # [loss_d, loss_g, stop] summed over ranks: R times the global losses, and how many ranks ask to stop
         xp = backend.get_array_module(loss_d)
         buffer = np.zeros(3)

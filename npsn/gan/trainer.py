@@ -357,8 +357,20 @@ class Trainer:
             return c.lr * (1 - iteration / c.iterations)
         return c.lr
 
+    def run_updates(self):
+        """n_dis D updates, then one G update (:func:`~npsn.gan.updates.gan_iteration`) at this iteration's
+        learning rate; advances ``iteration`` and returns the 0-d device losses (loss_d, loss_g), unread."""
+        lr = self.learning_rate(self.iteration)
+        self.opt_d.lr = self.opt_g.lr = lr
+        conditional = bool(self.config.num_classes)
+        losses = gan_iteration(self.G, self.D, self.opt_d, self.opt_g, (self.d_loss, self.g_loss),
+                               self.config.n_dis, self.real_labelled_batch if conditional else self.real_batch,
+                               self.sample_z, self.sample_g_z, self.sample_y if conditional else None)
+        self.iteration += 1
+        return losses
+
     def train_iteration(self):
-        """n_dis D updates, then one G update (:func:`~npsn.gan.updates.gan_iteration`).
+        """One training iteration (:meth:`run_updates`), its losses read back and checked.
 
         Returns:
             host floats (loss_d, loss_g).
@@ -366,13 +378,7 @@ class Trainer:
         Raises:
             TrainingDiverged: when either loss is not finite.
         """
-        lr = self.learning_rate(self.iteration)
-        self.opt_d.lr = self.opt_g.lr = lr
-        conditional = bool(self.config.num_classes)
-        loss_d, loss_g = gan_iteration(self.G, self.D, self.opt_d, self.opt_g, (self.d_loss, self.g_loss),
-                                       self.config.n_dis, self.real_labelled_batch if conditional else self.real_batch,
-                                       self.sample_z, self.sample_g_z, self.sample_y if conditional else None)
-        self.iteration += 1
+        loss_d, loss_g = self.run_updates()
         # one small device-to-host transfer per iteration: the two losses, to detect divergence
         return check_finite(loss_d, loss_g, self.iteration)
 
