@@ -107,13 +107,8 @@ class _BatchNorm(Module):
         xp = get_array_module(x)
         axes = tuple(range(x.ndim - 1))  # every axis but the channels
         if self.training:
-            count = x.size // x.shape[-1]
-            # mu = 1/M sum x
-            mean = x.mean(axis=axes)
-            # x - mu, and (x - mu)^2
-            centered, squared = _deviation(x, mean)
-            # sigma^2 = 1/M sum (x - mu)^2   (the biased variance)
-            var = squared.mean(axis=axes)
+            # M, mu, x - mu and sigma^2 of the batch
+            count, mean, centered, var = self.batch_statistics(x, axes)
             # running <- (1 - m) running + m batch_stat, with the unbiased variance M/(M-1) sigma^2;
             # inv_std = 1 / sqrt(sigma^2 + eps)   (one kernel)
             self.running_mean, self.running_var, inv_std = _statistics(
@@ -154,8 +149,28 @@ class _BatchNorm(Module):
         if not saved.used_batch_stats:
             # eval: y is affine in x, dL/dx = G gamma / sqrt(running_var + eps)
             return _product(grad_out, gamma * inv_std)
+        # the sums and M of the batch the statistics were taken over
+        sum_g, sum_g_xhat, count = self.batch_sums(sum_g, sum_g_xhat, count)
         # dL/dx = gamma inv_std / M (M G - sum G - x_hat sum G x_hat)
         return _input_grad(grad_out, x_hat, sum_g, sum_g_xhat, gamma, inv_std, count)
+
+    # The batch the statistics cover: this one. A data-parallel subclass (npsn.nn.sync_batchnorm)
+    # overrides these two to cover every rank's slice.
+
+    def batch_statistics(self, x, axes):
+        r"""(M, \mu, x - \mu, \sigma^2) of the batch x, reduced over ``axes`` (every axis but the channels)."""
+        count = x.size // x.shape[-1]
+        # mu = 1/M sum x
+        mean = x.mean(axis=axes)
+        # x - mu, and (x - mu)^2
+        centered, squared = _deviation(x, mean)
+        # sigma^2 = 1/M sum (x - mu)^2   (the biased variance)
+        var = squared.mean(axis=axes)
+        return count, mean, centered, var
+
+    def batch_sums(self, sum_g, sum_g_xhat, count):
+        r"""(\sum G, \sum G \hat x, M) over the batch of the statistics, from this batch's (returned as they are)."""
+        return sum_g, sum_g_xhat, count
 
     def extra_repr(self):
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}"

@@ -10,7 +10,7 @@ generator's :mod:`~npsn.nn.conditional_batchnorm` layers have synchronized twins
 (:class:`SyncCategoricalConditionalBatchNorm2d`, ``1d``), which the conversion uses.
 """
 from npsn.backend import get_array_module
-from npsn.nn.batchnorm import BatchNorm1d, BatchNorm2d, _deviation, _input_grad, _product, _scale_shift, _statistics
+from npsn.nn.batchnorm import BatchNorm1d, BatchNorm2d, _deviation
 from npsn.nn.conditional_batchnorm import (CategoricalConditionalBatchNorm1d, CategoricalConditionalBatchNorm2d,
                                            _CategoricalConditionalBatchNorm)
 
@@ -64,14 +64,8 @@ class _SyncBatchNorm:
     def _init_comm(self, comm):
         self.comm = comm
 
-    def forward(self, x):
-        if not self.training:
-            return super().forward(x)  # running statistics: no communication
-        if x.ndim != self.expected_ndim or x.shape[-1] != self.num_features:
-            raise ValueError(f"{type(self).__name__}({self.num_features}) expects {self.expected_ndim}-D input "
-                             f"with {self.num_features} channels last, got shape {tuple(x.shape)}")
-        xp = get_array_module(x)
-        axes = tuple(range(x.ndim - 1))  # every axis but the channels
+    def batch_statistics(self, x, axes):
+        r"""(M, \mu, x_r - \mu, \sigma^2) of the global batch, from this rank's slice x_r (two allreduces of C values)."""
         # M = R M_r, the values per channel of the global batch
         count = (x.size // x.shape[-1]) * self.comm.size
         # mu = 1/M sum_r sum x_r
@@ -80,42 +74,20 @@ class _SyncBatchNorm:
         centered, squared = _deviation(x, mean)
         # sigma^2 = 1/M sum_r sum (x_r - mu)^2   (the biased variance)
         var = self.comm.allreduce(squared.sum(axis=axes), "sum") / count
-        # running <- (1 - m) running + m batch_stat, with the unbiased variance M/(M-1) sigma^2 (as BatchNorm);
-        # inv_std = 1 / sqrt(sigma^2 + eps)   (one kernel)
-        self.running_mean, self.running_var, inv_std = _statistics(
-            self.running_mean, self.running_var, mean, var, self.momentum, count / max(count - 1, 1), self.eps)
-        self.num_batches_tracked = self.num_batches_tracked + 1
-        if self.affine:
-            # x_hat = (x - mu) inv_std,  y = gamma x_hat + beta
-            x_hat, y = _scale_shift(centered, inv_std, self.weight.data, self.bias.data)
-        else:
-            # x_hat = (x - mu) inv_std,  y = x_hat
-            x_hat = y = _product(centered, inv_std)
-        self.save_for_backward(x_hat=x_hat, inv_std=inv_std, used_batch_stats=True, count=count)
-        return y
+        return count, mean, centered, var
 
-    def backward(self, grad_out):
-        if not self._cache or not self._cache.used_batch_stats:
-            return super().backward(grad_out)  # eval mode (or no forward: BatchNorm's error)
-        saved = self.saved()
-        x_hat, inv_std, count = saved.x_hat, saved.inv_std, saved.count
-        xp = get_array_module(grad_out)
-        axes = tuple(range(grad_out.ndim - 1))  # every axis but the channels
-        c = grad_out.shape[-1]
-        # this rank's sum G_r and sum G_r x_hat_r, per channel, side by side in one buffer
-        sums = xp.concatenate([grad_out.sum(axis=axes), _product(grad_out, x_hat).sum(axis=axes)])
-        if self.affine:
-            if self.weight.requires_grad:
-                # dL_r/dgamma = sum G_r x_hat_r   (local: the optimizer's mean over ranks completes it)
-                self.weight.accumulate_grad(sums[c:].copy())
-            if self.bias.requires_grad:
-                # dL_r/dbeta = sum G_r
-                self.bias.accumulate_grad(sums[:c].copy())
-        # sum_r' sum G_r' and sum_r' sum G_r' x_hat_r'
-        self.comm.allreduce(sums, "sum")
-        gamma = self.weight.data if self.affine else 1.0
-        # R dL/dx_r = gamma inv_std / M (M G_r - sum G - x_hat sum G x_hat), sums over all ranks
-        return _input_grad(grad_out, x_hat, sums[:c], sums[c:], gamma, inv_std, count)
+    def batch_sums(self, sum_g, sum_g_xhat, count):
+        r"""(\sum_r \sum G_r, \sum_r \sum G_r \hat x_r, R M_r) from this rank's sums (one allreduce of 2C values).
+
+        BatchNorm's backward has already accumulated this rank's local sums as dL_r/dgamma and
+        dL_r/dbeta (the optimizer's mean over ranks completes them); the reduction works on a new
+        buffer, so those gradients keep their local values.
+        """
+        xp = get_array_module(sum_g)
+        c = sum_g.shape[-1]
+        # sum_r' sum G_r' and sum_r' sum G_r' x_hat_r', side by side in one buffer
+        sums = self.comm.allreduce(xp.concatenate([sum_g, sum_g_xhat]), "sum")
+        return sums[:c], sums[c:], count * self.comm.size
 
     def extra_repr(self):
         return super().extra_repr() + f", ranks={self.comm.size}"
