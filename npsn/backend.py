@@ -229,11 +229,11 @@ def elementwise(fn, *args, out=None):
     Two forms::
 
         @elementwise                          # a decorator: leaky_relu is an Elementwise
-        def leaky_relu(x, slope):
-            d = slope + (1 - slope) * (x > 0).astype(x.dtype)
+        def leaky_relu(x, slope, one_minus_slope):
+            d = slope + one_minus_slope * (x > 0).astype(x.dtype)
             return d * x, d
 
-        y, d = leaky_relu(x, 0.1)
+        y, d = leaky_relu(x, 0.1, 1 - 0.1)    # 1 - slope computed here, on the host: see below
         elementwise(lambda y, b: y + b, y, bias, out=y)   # one call: y += b, in place
 
     ``fn`` is a plain function of arrays and Python scalars written as array expressions, and
@@ -244,6 +244,19 @@ def elementwise(fn, *args, out=None):
     on its arguments' values (under CuPy every argument, Python scalars included, is a traced
     variable). It returns an array or a tuple of arrays. Reductions belong outside, on the
     results.
+
+    **Every operation has an array operand.** Arithmetic between scalar *arguments* alone
+    (``1 - beta`` with ``beta`` a Python float argument, ``-slope``, ``xp.sqrt(eps)``) must be done
+    by the caller, on the host, and its result passed in as one more argument. The reason:
+    ``cupy.fuse`` traces each Python-scalar argument as a "weak" scalar variable, and an
+    operation whose operands are all weak scalars gets the first loop of the ufunc that accepts
+    them, which is float16's: a GPU would compute 1 - 0.999 as 0.0009765625 (-2.3 %) while NumPy
+    computes it in float64, and nothing fails. An operation of a scalar with an array (``beta * m``)
+    is computed in the array's dtype on both. Literal constants count as scalars too (``1 - beta``
+    is scalar-only), while an expression of literals alone (``2 * 3``) is folded by Python and is
+    fine. The test suite's CuPy stand-in refuses scalar-only operations inside a fused function, and
+    the compile check (``../shared/tools/cupy-compile-check``) reports any operation that real
+    CuPy computes in a narrower float type than the kernel's arrays.
 
     ``out`` (optional): an array, or a tuple of arrays (one per result), of the full broadcast
     shape, to write the results into and return; it may be an argument (an in-place update).

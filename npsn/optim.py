@@ -299,7 +299,8 @@ class Adam(Optimizer):
         step_size = self.lr / (1 - self.beta1**t)
         sqrt_bias_correction2 = math.sqrt(1 - self.beta2**t)
         # p, m, v <- p_t, m_t, v_t, in place
-        _adam_step(p, g, m, v, self.beta1, self.beta2, self.eps, step_size, sqrt_bias_correction2, out=(p, m, v))
+        _adam_step(p, g, m, v, self.beta1, 1 - self.beta1, self.beta2, 1 - self.beta2, self.eps, step_size,
+                   sqrt_bias_correction2, out=(p, m, v))
 
     # ------------------------------------------------------------------ the flat moments
     # Invariant between calls, with a flat buffer: ``moments`` is None (no step yet) or the pair of flat
@@ -372,18 +373,20 @@ class Adam(Optimizer):
 
 
 @elementwise
-def _adam_step(p, g, m, v, beta1, beta2, eps, step_size, sqrt_bias_correction2):
+def _adam_step(p, g, m, v, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, step_size, sqrt_bias_correction2):
     r"""One Adam step of a parameter p with gradient g: returns (p_t, m_t, v_t).
 
-    step_size = lr / (1 - beta1^t) and sqrt_bias_correction2 = sqrt(1 - beta2^t) are Python
-    floats (rounded to p's dtype where they meet an array). Each operation rounds as written,
-    e.g. (1 - beta2) (g g), not ((1 - beta2) g) g.
+    The scalars are Python floats, computed on the host (1 - beta1 and 1 - beta2 included: see
+    :func:`npsn.backend.elementwise` on arithmetic between scalar arguments), rounded to p's
+    dtype where they meet an array: step_size = lr / (1 - beta1^t) and
+    sqrt_bias_correction2 = sqrt(1 - beta2^t). Each operation rounds as written, e.g.
+    (1 - beta2) (g g), not ((1 - beta2) g) g.
     """
     xp = get_array_module(p)
     # m_t = beta1 m_{t-1} + (1 - beta1) g
-    m = beta1 * m + (1 - beta1) * g
+    m = beta1 * m + one_minus_beta1 * g
     # v_t = beta2 v_{t-1} + (1 - beta2) g^2
-    v = beta2 * v + (1 - beta2) * (g * g)
+    v = beta2 * v + one_minus_beta2 * (g * g)
     # denom = sqrt(v_t) / sqrt(1 - beta2^t) + eps
     denom = xp.sqrt(v) / sqrt_bias_correction2 + eps
     # p_t = p - (lr / (1 - beta1^t)) m_t / denom

@@ -74,15 +74,15 @@ def test_gpu_round_trip(device):
 
 
 @backend.elementwise
-def _leaky(x, slope):
-    d = slope + (1 - slope) * (x > 0).astype(x.dtype)
+def _leaky(x, slope, one_minus_slope):
+    d = slope + one_minus_slope * (x > 0).astype(x.dtype)  # 1 - slope from the host: no scalar-only arithmetic
     return d * x, d
 
 
 def test_elementwise_decorator_and_call_forms():
     x = np.array([[-2.0, 3.0], [0.5, -0.25]], dtype=np.float32)
     assert isinstance(_leaky, backend.Elementwise) and _leaky.__name__ == "_leaky"
-    y, d = _leaky(x, 0.1)
+    y, d = _leaky(x, 0.1, 1 - 0.1)
     assert y.dtype == d.dtype == np.float32  # a Python float stays a weak scalar
     np.testing.assert_array_equal(d, np.where(x > 0, 1, np.float32(0.1)))
     np.testing.assert_array_equal(y, d * x)
@@ -132,7 +132,7 @@ def _add(y, b):
 def test_elementwise_on_cupy_builds_one_fused_kernel_per_function(fake_cupy):
     x = _FakeCupyArray(np.array([-1.0, 2.0]))
     for _ in range(2):
-        y, d = _leaky(x, 0.5)
+        y, d = _leaky(x, 0.5, 0.5)
         np.testing.assert_array_equal(y.array, [-0.5, 2.0])
         np.testing.assert_array_equal(_add(x, 1.0).array, [0.0, 3.0])
     # one kernel each, named by a C identifier (a lambda's name is "<lambda>")
@@ -154,9 +154,10 @@ def test_elementwise_on_the_device_matches_numpy(device):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((64, 4, 4, 8)).astype(np.float32)
     scale = rng.standard_normal(8).astype(np.float32)
-    fn = backend.elementwise(lambda x, scale, slope: (_leaky.fn(x, slope)[0] * scale, x > 0))
-    expected = fn.fn(x, scale, 0.1)
-    got = fn(backend.to_device(x, device), backend.to_device(scale, device), 0.1)
+    fn = backend.elementwise(lambda x, scale, slope, one_minus_slope: (_leaky.fn(x, slope, one_minus_slope)[0] * scale,
+                                                                       x > 0))
+    expected = fn.fn(x, scale, 0.1, 1 - 0.1)
+    got = fn(backend.to_device(x, device), backend.to_device(scale, device), 0.1, 1 - 0.1)
     assert backend.device_of(got[0]) == device
     # a fused kernel may contract a * b + c into one FMA: equal to the last bit only on the host
     np.testing.assert_allclose(backend.to_numpy(got[0]), expected[0], rtol=1e-6, atol=1e-7)

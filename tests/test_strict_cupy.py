@@ -110,6 +110,31 @@ def test_fuse_allows_only_elementwise_work():
         cupy.fuse(lambda a: a + 1)(np.ones(2))
 
 
+def test_fuse_refuses_arithmetic_between_scalar_arguments():
+    """CuPy's fusion computes an operation of Python-scalar arguments alone in float16; the stand-in refuses it."""
+    from npsn.backend import elementwise
+
+    def decay(x, beta):
+        return (1 - beta) * x          # 1 - beta: two scalars, float16 under real cupy.fuse
+
+    def decay_from_host(x, one_minus_beta):
+        return one_minus_beta * x      # 1 - beta computed by the caller: every operation has an array operand
+
+    x = np.full(3, 2.0, np.float32)
+    assert elementwise(decay, x, 0.999).dtype == np.float32  # on NumPy the mistake passes unseen ...
+    with backend.use_gpu_module(cupy):
+        with pytest.raises(TypeError, match=r"cupy.subtract\(1, 0.999 \(argument\)\) has no array operand.*float16"):
+            elementwise(decay, cupy.asarray(x), 0.999)                       # ... the stand-in catches it
+        y = elementwise(decay_from_host, cupy.asarray(x), 1 - 0.999)  # computed on the host: fine
+        np.testing.assert_array_equal(y.get(), elementwise(decay, x, 0.999))
+    for scalar_only in (lambda a, s: -s * a, lambda a, s: cupy.sqrt(s) * a, lambda a, s: a * (s * s),
+                        lambda a, s: a if s > 0 else -a, lambda a, s: a * float(s)):
+        with pytest.raises(TypeError, match="scalar argument|no array operand"):
+            cupy.fuse(scalar_only)(cupy.asarray(x), 0.5)
+    # a scalar with an array keeps the array's dtype (NumPy's and CuPy's weak-scalar casting)
+    assert cupy.fuse(lambda a, s: s * a + s)(cupy.asarray(x), 0.1).dtype == np.float32
+
+
 def test_snapshot_matches_the_installed_cupy():
     """cupy_api.json is what snapshot.py writes for the installed CuPy (run it after upgrading CuPy)."""
     pytest.importorskip("cupy", reason="CuPy is not installed: the committed snapshot is used as it is")

@@ -18,11 +18,15 @@ def _relu_grad(grad_out, y):
 
 
 @elementwise
-def _leaky_relu(x, slope):
-    r"""y = d x with d = 1 where x > 0 and d = slope elsewhere; returns (y, d)."""
+def _leaky_relu(x, slope, one_minus_slope):
+    r"""y = d x with d = 1 where x > 0 and d = slope elsewhere; returns (y, d).
+
+    ``one_minus_slope`` = 1 - slope, computed on the host (scalar-only arithmetic inside a fused
+    kernel would be done in float16 by CuPy: see :func:`npsn.backend.elementwise`).
+    """
     # d = slope + (1 - slope) [x > 0]   (arithmetic on the mask: ~8x faster than a masked copy
     # or xp.where on a CPU, whose branches mispredict on random signs)
-    d = slope + (1 - slope) * (x > 0).astype(x.dtype)
+    d = slope + one_minus_slope * (x > 0).astype(x.dtype)
     # y = d x
     return d * x, d
 
@@ -63,7 +67,7 @@ class LeakyReLU(Module):
 
     def forward(self, x):
         # y = d x, with d = slope + (1 - slope) [x > 0]
-        y, d = _leaky_relu(x, self.negative_slope)
+        y, d = _leaky_relu(x, self.negative_slope, 1 - self.negative_slope)
         self.save_for_backward(dydx=d)
         return y
 

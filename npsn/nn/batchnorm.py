@@ -16,18 +16,20 @@ def _deviation(x, mean):
 
 
 @elementwise
-def _statistics(running_mean, running_var, mean, var, momentum, unbiasing, eps):
+def _statistics(running_mean, running_var, mean, var, momentum, one_minus_momentum, unbiasing, eps):
     r"""The running statistics' update and 1 / \sqrt{\sigma^2 + \epsilon}, per channel, as one kernel.
 
     Returns (running_mean', running_var', inv_std) with running' = (1 - m) running + m batch_stat, the
-    variance's made unbiased by ``unbiasing`` = M / (M - 1).
+    variance's made unbiased by ``unbiasing`` = M / (M - 1). The scalars come from the host, 1 - m
+    included (scalar-only arithmetic inside a fused kernel would be done in float16 by CuPy: see
+    :func:`npsn.backend.elementwise`).
     """
     xp = get_array_module(var)
     # running_mean <- (1 - m) running_mean + m mu
-    new_mean = (1 - momentum) * running_mean + momentum * mean.astype(running_mean.dtype)
+    new_mean = one_minus_momentum * running_mean + momentum * mean.astype(running_mean.dtype)
     # running_var <- (1 - m) running_var + m M/(M-1) sigma^2
     unbiased = var * unbiasing
-    new_var = (1 - momentum) * running_var + momentum * unbiased.astype(running_var.dtype)
+    new_var = one_minus_momentum * running_var + momentum * unbiased.astype(running_var.dtype)
     # inv_std = 1 / sqrt(sigma^2 + eps)
     return new_mean, new_var, 1 / xp.sqrt(var + eps)
 
@@ -112,7 +114,8 @@ class _BatchNorm(Module):
             # running <- (1 - m) running + m batch_stat, with the unbiased variance M/(M-1) sigma^2;
             # inv_std = 1 / sqrt(sigma^2 + eps)   (one kernel)
             self.running_mean, self.running_var, inv_std = _statistics(
-                self.running_mean, self.running_var, mean, var, self.momentum, count / max(count - 1, 1), self.eps)
+                self.running_mean, self.running_var, mean, var, self.momentum, 1 - self.momentum,
+                count / max(count - 1, 1), self.eps)
             self.num_batches_tracked = self.num_batches_tracked + 1
         else:
             mean = self.running_mean.astype(x.dtype)

@@ -190,6 +190,8 @@ def _unwrap(value, refuse_numpy, where):
     """Stand-in arrays (also inside lists and tuples) as their NumPy arrays; NumPy arrays refused."""
     if isinstance(value, ndarray):
         return value._a
+    if isinstance(value, FusedScalar):
+        return value.value
     if isinstance(value, np.ndarray):
         if refuse_numpy:
             raise TypeError(f"{CONVERSION_MESSAGE} (a numpy.ndarray was given to {where})")
@@ -571,6 +573,8 @@ class ufunc:
 
     def __call__(self, *args, **kwargs):
         self._check_args(args, kwargs)
+        if _fusing() is not None:
+            _refuse_scalar_only(self.name, args[:self.nin])
         _op(self.name)
         out = kwargs.get("out")
         np_kwargs = dict(kwargs)
@@ -607,12 +611,85 @@ def _ufunc(name):
 # fuse
 # --------------------------------------------------------------------------------------------
 
+class FusedScalar:
+    """A Python-scalar argument inside a fused function, as ``cupy.fuse`` traces it: a *weak* scalar variable.
+
+    With an array operand it behaves as its value does (NumPy's weak-scalar casting: a float32
+    array times 0.1 stays float32, as in CuPy). An operation whose operands are all scalars
+    (``1 - beta``, ``-slope``, ``cupy.sqrt(eps)``, ``beta1 * beta2``) raises TypeError: CuPy 14's
+    fusion picks the first loop of the ufunc that accepts two weak scalars, which is float16's, so
+    a GPU would compute ``1 - 0.999`` as 0.0009765625 where NumPy computes it in float64. So does
+    using the value in Python (``if beta:``, ``float(beta)``): under CuPy it is a variable, not a
+    number.
+    """
+
+    __slots__ = ("value", "kernel")
+    __array_priority__ = 50  # below ndarray's: array OP scalar is the array's operator
+
+    def __init__(self, value, kernel):
+        self.value, self.kernel = value, kernel
+
+    def _refuse(self, what):
+        raise TypeError(
+            f"strict_cupy: {what} inside fused function {self.kernel!r}: real cupy.fuse traces Python-scalar "
+            "arguments as weak scalars and computes an operation between scalars alone in float16 "
+            "(1 - 0.999 = 0.0009765625); compute it on the host and pass the result in as an argument")
+
+    def __array_ufunc__(self, np_ufunc, method, *inputs, **kwargs):
+        mine = _ufunc(np_ufunc.__name__)
+        if mine is None:
+            return NotImplemented
+        return (mine if method == "__call__" else getattr(mine, method))(*inputs, **kwargs)
+
+    def __bool__(self):
+        raise TypeError(f"strict_cupy: a Python branch on a scalar argument inside fused function {self.kernel!r} "
+                        "(under cupy.fuse it is a traced variable, not a number)")
+
+    def __float__(self):
+        raise TypeError(f"strict_cupy: float() of a scalar argument inside fused function {self.kernel!r} "
+                        "(under cupy.fuse it is a traced variable, not a number)")
+
+    __int__ = __index__ = __complex__ = __float__
+
+    def __repr__(self):
+        return f"FusedScalar({self.value!r})"
+
+
+def _make_scalar_operator(ufunc_name, reflected=False):
+    def method(self, other):
+        if not isinstance(other, (ndarray, FusedScalar, bool, int, float, complex, np.generic)):
+            return NotImplemented
+        fn = _ufunc(ufunc_name)
+        return fn(other, self) if reflected else fn(self, other)
+    return method
+
+
+for _short, _uf in _BINARY.items():
+    setattr(FusedScalar, f"__{_short}__", _make_scalar_operator(_uf))
+    setattr(FusedScalar, f"__r{_short}__", _make_scalar_operator(_uf, reflected=True))
+for _short, _uf in _COMPARE.items():
+    setattr(FusedScalar, f"__{_short}__", _make_scalar_operator(_uf))
+for _short, _uf in _UNARY.items():
+    setattr(FusedScalar, f"__{_short}__", (lambda u: lambda self: _ufunc(u)(self))(_uf))
+FusedScalar.__hash__ = None
+
+
+def _refuse_scalar_only(name, args):
+    """TypeError when a ufunc inside a fused function has scalar arguments and no array operand."""
+    scalars = [a for a in args if isinstance(a, FusedScalar)]
+    if scalars and not any(isinstance(a, ndarray) for a in args):
+        shown = ", ".join(f"{a.value!r} (argument)" if isinstance(a, FusedScalar) else repr(a) for a in args)
+        scalars[0]._refuse(f"cupy.{name}({shown}) has no array operand")
+
+
 class Fused:
     """``cupy.fuse(fn)``: ``fn`` run on the wrapped arrays as ONE counted device operation.
 
     While it runs, only elementwise work is allowed (ufuncs, operators, ``astype``); reads to
     the host, indexing, reductions and array creation raise TypeError (the contract of
-    :func:`npsn.backend.elementwise`). NumPy arrays as arguments raise TypeError.
+    :func:`npsn.backend.elementwise`). NumPy arrays as arguments raise TypeError. Python-scalar
+    arguments are traced as CuPy traces them (:class:`FusedScalar`): an operation between
+    scalars alone raises TypeError, since CuPy would compute it in float16.
     """
 
     def __init__(self, fn, kernel_name=None):
@@ -629,6 +706,8 @@ class Fused:
         outer = _fusing()
         if outer is None:
             _count("ops", f"fuse:{self.name}")
+        if outer is None:
+            args = tuple(FusedScalar(a, self.name) if isinstance(a, (bool, int, float, complex)) else a for a in args)
         _LOCAL.fusing = self.name
         try:
             return self.fn(*args)
