@@ -9,6 +9,13 @@ model's trainer, as :mod:`benchmarks.phases` builds it, run on device "gpu" = th
 (``backend.use_gpu_module``), whose counting rules are in ``strict_cupy``'s docstring. The
 stand-in lives in the repository's ``tests/`` (not in the installed package): without it the
 count is skipped.
+
+The same iteration's device memory is counted there too (``strict_cupy.Memory``: the live bytes of
+every array that owns its data, rounded to CuPy's 512-byte pool blocks): what is live when the
+iteration starts (parameters, optimizer moments, buffers and what the layers keep between
+iterations) and the peak inside it, with the operations that made the arrays live at the peak.
+It is a lower bound of what a GPU needs: a real pool fragments, and cuBLAS's workspaces and the
+CUDA context (some hundreds of MB) come on top.
 """
 import os
 import sys
@@ -31,9 +38,12 @@ def import_stand_in():
 
 
 def count_iteration(config, model, warmup=2):
-    """``{"ops", "syncs", "h2d", "d2h", "top"}`` of one steady-state training iteration of ``model`` on the stand-in.
+    """``{"ops", "syncs", "h2d", "d2h", "top", "start_bytes", "peak_bytes", "peak_by"}`` of one steady-state iteration.
 
-    ``top``: the 10 most frequent operations, ``[[name, count], ...]``. None without the stand-in.
+    Counted on the stand-in for ``model`` as ``config`` builds it. ``top``: the 10 most frequent
+    operations, ``[[name, count], ...]``; ``start_bytes`` / ``peak_bytes``: device bytes live when
+    the iteration starts and at its peak; ``peak_by``: the 5 operations whose arrays hold the most
+    of that peak, ``[[name, bytes], ...]``. None without the stand-in.
     """
     from benchmarks.phases import make_trainer
 
@@ -48,4 +58,6 @@ def count_iteration(config, model, warmup=2):
         with strict_cupy.counting() as counts:
             trainer.train_iteration()
     return {"ops": counts.ops, "syncs": counts.syncs, "h2d": counts.h2d, "d2h": counts.d2h,
-            "top": [[name, n] for name, n in counts.by_name.most_common(10)]}
+            "top": [[name, n] for name, n in counts.by_name.most_common(10)],
+            "start_bytes": counts.start_bytes, "peak_bytes": counts.peak_bytes,
+            "peak_by": [[name, n] for name, n in counts.peak_by_name.most_common(5)]}

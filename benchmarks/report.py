@@ -68,7 +68,10 @@ def format_launches(r):
         return ["   device work per iteration: not counted (the strict CuPy stand-in, tests/strict_cupy, is absent)"]
     return [f"   device work per iteration (counted on the strict CuPy stand-in): {c['ops']} operations, "
             f"{c['syncs']} syncs, {c['h2d']} host-to-device and {c['d2h']} device-to-host copies; most frequent: "
-            + ", ".join(f"{name} {n}" for name, n in c["top"][:5])]
+            + ", ".join(f"{name} {n}" for name, n in c["top"][:5]),
+            f"   device memory per iteration (counted on the stand-in, 512-byte blocks): {c['start_bytes'] / MIB:.1f} MiB "
+            f"live at the start, peak {c['peak_bytes'] / MIB:.1f} MiB; at the peak, made by: "
+            + ", ".join(f"{name} {n / MIB:.1f} MiB" for name, n in c["peak_by"])]
 
 
 def format_memory(r):

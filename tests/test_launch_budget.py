@@ -13,6 +13,11 @@ from benchmarks.config import BenchConfig
 from benchmarks.launches import count_iteration
 
 MAX_OPS, MAX_SYNCS, MAX_H2D = 950, 1, 3
+#: Device memory of the same iteration, counted on the stand-in (live bytes in CuPy's 512-byte blocks):
+#: MEASURED_START_MIB live when it starts (weights, Adam's moments, kept buffers), MEASURED_PEAK_MIB at its
+#: peak. A change that makes either grow by more than 5 % fails here: say why in the README's table.
+MEASURED_START_MIB, MEASURED_PEAK_MIB = 103.9, 630.6
+GROWTH = 1.05
 
 
 def test_a_steady_state_cnn_iteration_fits_the_launch_budget():
@@ -20,6 +25,10 @@ def test_a_steady_state_cnn_iteration_fits_the_launch_budget():
     assert counts["ops"] <= MAX_OPS, counts
     assert counts["syncs"] <= MAX_SYNCS, counts
     assert counts["h2d"] <= MAX_H2D, counts
+    mib = 2**20
+    assert counts["start_bytes"] <= GROWTH * MEASURED_START_MIB * mib, counts
+    assert counts["peak_bytes"] <= GROWTH * MEASURED_PEAK_MIB * mib, counts
+    assert counts["peak_bytes"] > counts["start_bytes"] > 0, counts
 
 
 def test_adam_is_one_concatenate_and_one_kernel_per_model():

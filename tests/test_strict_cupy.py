@@ -135,6 +135,38 @@ def test_fuse_refuses_arithmetic_between_scalar_arguments():
     assert cupy.fuse(lambda a, s: s * a + s)(cupy.asarray(x), 0.1).dtype == np.float32
 
 
+def test_device_memory_is_counted_like_cupys_pool():
+    """Owners count their bytes in 512-byte blocks while alive; views and fused intermediates count nothing."""
+    import gc
+
+    pool = cupy.get_default_memory_pool()
+    gc.collect()
+    base = pool.used_bytes()
+    with strict_cupy.counting() as c:
+        x = cupy.asarray(np.ones((10, 10), np.float32))      # 400 bytes -> one 512-byte block
+        assert pool.used_bytes() - base == 512
+        views = (x[2:], x.T, x.reshape(100), x.astype(np.float32, copy=False))
+        assert pool.used_bytes() - base == 512                # views share x's block
+        y = cupy.fuse(lambda a: (a * 2 + 1) * a)(x)           # two intermediates in registers, one result
+        assert pool.used_bytes() - base == 1024
+        z = cupy.zeros(1000, np.float64)                      # 8000 bytes -> 16 blocks
+        assert pool.used_bytes() - base == 1024 + 8192
+        del z
+        assert pool.used_bytes() - base == 1024               # freed when collected
+        del x                                                  # its views keep its memory alive
+        assert pool.used_bytes() - base == 1024
+        del views
+        assert pool.used_bytes() - base == 512
+    assert c.start_bytes == base and c.end_bytes == base + 512
+    assert c.peak_bytes == base + 1024 + 8192
+    by_name = {key.split(" @ ")[0]: n for key, n in c.peak_by_name.items() if "test_strict_cupy.py" in key}
+    assert by_name == {"asarray": 512, "fuse:<lambda>": 512, "zeros": 8192}, c.peak_by_name
+    assert pool.total_bytes() >= base + 1024 + 8192           # an ideal pool keeps its high-water mark ...
+    pool.free_all_blocks()
+    assert pool.total_bytes() == pool.used_bytes()            # ... until its free blocks are released
+    del y
+
+
 def test_snapshot_matches_the_installed_cupy():
     """cupy_api.json is what snapshot.py writes for the installed CuPy (run it after upgrading CuPy)."""
     pytest.importorskip("cupy", reason="CuPy is not installed: the committed snapshot is used as it is")

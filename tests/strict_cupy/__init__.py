@@ -29,14 +29,24 @@ reject:
   arrays as ONE device operation; inside it only elementwise work is allowed (ufuncs,
   operators, ``astype``): reads to the host, indexing, item assignment, non-ufunc functions and
   ufunc methods (reductions) raise TypeError -- the contract of ``npsn.backend.elementwise``.
+  Python-scalar arguments are traced as CuPy traces them, as weak scalar variables
+  (:class:`FusedScalar`): an operation between scalars alone (``1 - beta``), which real CuPy
+  computes in float16, raises TypeError, and so does a branch on one.
+* **Device memory, counted** (:class:`Memory`): every array that owns its data (not a view, not
+  a fused function's intermediate value) counts its bytes rounded up to CuPy's 512-byte pool
+  blocks while it is alive; :func:`counting` records the peak inside its block and what made the
+  arrays live at that peak, and ``cupy.get_default_memory_pool()`` is an ideal pool
+  (``used_bytes``, ``total_bytes`` = the high-water mark, ``free_all_blocks``).
 * **cuda**: ``cuda.Device().synchronize()``, ``cuda.runtime.getDeviceCount()`` (1),
   ``cuda.is_available()``. :func:`broken` makes them, or the kernels, fail as on a machine
   without a driver, NVRTC or cuBLAS.
 
 What it cannot tell: numerics (the numbers are NumPy's on the CPU: no fused multiply-add, no
-cuBLAS/cuDNN algorithms, and ``random`` draws NumPy's stream, not CuPy's), speed, memory (no
-device memory limit or pool), streams and asynchrony (every operation is done when it
-returns), and CuPy's kernel compilation (a fused function is never compiled).
+cuBLAS/cuDNN algorithms, and ``random`` draws NumPy's stream, not CuPy's), speed, the memory a
+real pool holds beyond the live bytes (fragmentation, cuBLAS workspaces, the CUDA context; there
+is no device memory limit), streams and asynchrony (every operation is done when it returns), and
+CuPy's kernel compilation (a fused function is never compiled: ``../shared/tools/cupy-compile-check``
+traces and compiles them with real CuPy and NVRTC).
 
 **Counting rules** (:func:`counting`; deterministic, by call, not by data):
 
@@ -76,6 +86,8 @@ Traceback (most recent call last):
 ...
 TypeError: Implicit conversion to a NumPy array is not allowed. Please use `.get()` to construct a NumPy array explicitly.
 """
-from strict_cupy._core import CONVERSION_MESSAGE, CUDARuntimeError, Counts, broken, counting, cupy, ndarray
+from strict_cupy._core import (CONVERSION_MESSAGE, MEMORY, CUDARuntimeError, Counts, FusedScalar, Memory, broken, counting,
+                               cupy, ndarray)
 
-__all__ = ["CONVERSION_MESSAGE", "CUDARuntimeError", "Counts", "broken", "counting", "cupy", "ndarray"]
+__all__ = ["CONVERSION_MESSAGE", "MEMORY", "CUDARuntimeError", "Counts", "FusedScalar", "Memory", "broken", "counting",
+           "cupy", "ndarray"]

@@ -8,6 +8,7 @@ import contextlib
 import inspect
 import json
 import os
+import sys
 import threading
 import types
 
@@ -31,12 +32,19 @@ class Counts:
     ``d2h`` copies between host and device; ``by_name`` the operations per name (``"add"``,
     ``"sum"``, ``"setitem"``, ``"fuse:npsn_adam"``, ...), ``events`` every counted event in order
     as ``(kind, name)``.
+
+    Device memory (:class:`Memory`'s rules: each array's bytes rounded up to CuPy's 512-byte pool
+    blocks): ``start_bytes`` live when the block opened, ``peak_bytes`` the most live at any moment
+    inside it, ``end_bytes`` live when it closed, and ``peak_by_name`` the live bytes at that peak
+    by the operation that made each array and the line that asked for it (``"matmul @ npsn/nn/linear.py:40"``).
     """
 
     def __init__(self):
         self.ops = self.syncs = self.h2d = self.d2h = 0
         self.by_name = collections.Counter()
         self.events = []
+        self.start_bytes = self.peak_bytes = self.end_bytes = MEMORY.live
+        self.peak_by_name = MEMORY.live_by_name()
 
     def _add(self, kind, name):
         setattr(self, kind, getattr(self, kind) + 1)
@@ -49,7 +57,7 @@ class Counts:
 
 
 _COUNTERS = []
-_LOCK = threading.Lock()
+_LOCK = threading.RLock()  # reentrant: an array's __del__ (memory release) may run inside a locked block
 _LOCAL = threading.local()  # .fusing: the name of the fused function being traced, if any
 
 
@@ -61,15 +69,135 @@ def _count(kind, name):
 
 @contextlib.contextmanager
 def counting():
-    """Count the device operations, syncs and copies of the block: ``with counting() as c: ...``."""
-    c = Counts()
+    """Count the device operations, syncs, copies and peak memory of the block: ``with counting() as c: ...``."""
     with _LOCK:
+        c = Counts()
         _COUNTERS.append(c)
     try:
         yield c
     finally:
         with _LOCK:
+            c.end_bytes = MEMORY.live
             _COUNTERS.remove(c)
+
+
+# --------------------------------------------------------------------------------------------
+# Device memory
+# --------------------------------------------------------------------------------------------
+
+class Memory:
+    """The stand-in's device memory: live bytes of every array that owns its data, as CuPy's pool sees them.
+
+    An array owns memory when an operation made it (not a view: basic slices, reshapes,
+    transposes and ``astype`` without a copy share their base's), outside a fused function
+    (whose intermediate values live in registers; its results are counted when it returns).
+    Each owner counts ``nbytes`` rounded up to a multiple of :data:`BLOCK` (CuPy's
+    ``MemoryPool`` rounds every allocation so) from when it is made until it is garbage
+    collected -- the moment CuPy's pool gets the block back. A view keeps its base alive, as in CuPy.
+
+    What it cannot tell: the pool's fragmentation and split blocks (CuPy's real pool can hold more
+    than the peak of live bytes), cuBLAS's and CuPy's own workspaces, the CUDA context (a few
+    hundred MB on a real GPU), and memory freed later than Python frees it.
+    """
+
+    BLOCK = 512
+
+    def __init__(self):
+        self.live = 0          # bytes held by live owners
+        self.high_water = 0    # the most live since the pool's last free_all_blocks()
+        self._owners = {}      # id(array) -> (bytes, name of the operation that made it)
+
+    @classmethod
+    def rounded(cls, nbytes):
+        return -(-int(nbytes) // cls.BLOCK) * cls.BLOCK
+
+    def allocate(self, array, name):
+        nbytes = self.rounded(array._a.nbytes)
+        if nbytes == 0:
+            return
+        with _LOCK:
+            array._bytes = nbytes
+            self._owners[id(array)] = (nbytes, name, _call_site())
+            self.live += nbytes
+            self.high_water = max(self.high_water, self.live)
+            for c in _COUNTERS:
+                if self.live > c.peak_bytes:
+                    c.peak_bytes = self.live
+                    c.peak_by_name = None  # taken lazily below: only the final peak's split matters
+            if any(c.peak_by_name is None for c in _COUNTERS):
+                split = self.live_by_name()
+                for c in _COUNTERS:
+                    if c.peak_by_name is None:
+                        c.peak_by_name = split
+
+    def release(self, array):
+        with _LOCK:
+            nbytes = self._owners.pop(id(array), (0,))[0]
+            self.live -= nbytes
+
+    def live_by_name(self):
+        """Live bytes by the operation that made each owner and the line of code that called it.
+
+        A Counter with keys ``"name @ path:line"`` (the first caller outside the stand-in and
+        npsn's elementwise machinery, e.g. ``"empty @ npsn/nn/im2col.py:60"``).
+        """
+        split = collections.Counter()
+        for nbytes, name, site in list(self._owners.values()):  # a snapshot: __del__ may release owners meanwhile
+            split[f"{name} @ {site}"] += nbytes
+        return split
+
+
+#: Files whose frames are machinery, not the code that asked for an array (see :func:`_call_site`).
+_MACHINERY = (os.path.dirname(os.path.abspath(__file__)), os.path.join("npsn", "backend.py"),
+              os.path.join("npsn", "utils", "threads.py"))
+
+
+def _call_site():
+    """``path:line`` of the innermost caller outside the stand-in and npsn's elementwise machinery."""
+    frame = sys._getframe(2)
+    while frame is not None and any(m in frame.f_code.co_filename for m in _MACHINERY):
+        frame = frame.f_back
+    if frame is None:
+        return "?"
+    path = frame.f_code.co_filename
+    parts = path.replace(os.sep, "/").split("/")
+    for root in ("npsn", "tests", "benchmarks", "scripts"):
+        if root in parts:
+            path = "/".join(parts[len(parts) - 1 - parts[::-1].index(root):])
+            break
+    return f"{path}:{frame.f_lineno}"
+
+
+MEMORY = Memory()
+
+
+class MemoryPool:
+    """``cupy.get_default_memory_pool()``, as an ideal pool: every freed block is reused.
+
+    ``used_bytes()`` the live bytes (:class:`Memory`), ``total_bytes()`` what the pool holds, i.e.
+    the high-water mark of live bytes since the last ``free_all_blocks()`` (a lower bound of a real
+    pool's, which fragments), ``free_bytes()`` the difference.
+    """
+
+    def used_bytes(self):
+        return MEMORY.live
+
+    def total_bytes(self):
+        return MEMORY.high_water
+
+    def free_bytes(self):
+        return MEMORY.high_water - MEMORY.live
+
+    def free_all_blocks(self, stream=None):
+        MEMORY.high_water = MEMORY.live
+
+
+_POOL = MemoryPool()
+
+
+def get_default_memory_pool():
+    """``cupy.get_default_memory_pool``: the stand-in's one :class:`MemoryPool`."""
+    return _POOL
 
 
 def _fusing():
@@ -171,11 +299,14 @@ def _wrap(value, reuse=None, parents=()):
         out = object.__new__(ndarray)
         out._a = value
         out._base = None
+        out._bytes = 0
         if value.base is not None:
             for p in parents:
                 if np.may_share_memory(value, p._a):
                     out._base = p if p._base is None else p._base
                     break
+        if out._base is None and _fusing() is None:
+            MEMORY.allocate(out, getattr(_LOCAL, "creator", "?"))
         return out
     if isinstance(value, np.generic):
         return _wrap(np.asarray(value))
@@ -262,6 +393,7 @@ def _call(qualname, fn, args, kwargs, *, refuse_numpy=True, counted=True, transf
     where = f"cupy.{qualname}"
     if _fusing() is not None:
         _refuse_in_fuse(where)
+    _LOCAL.creator = qualname
     inputs = ([owner] if owner is not None else []) + list(_arrays_in((args, kwargs)))
     source = args[0] if args else next(iter(kwargs.values()), None)
     host = transfer and not _contains(source, ndarray)  # a NumPy array, list or scalar: copied to the device
@@ -310,7 +442,7 @@ class ndarray:
     goes through the stand-in's counted, CuPy-checked calls.
     """
 
-    __slots__ = ("_a", "_base")
+    __slots__ = ("_a", "_base", "_bytes")
     __hash__ = None
     __array_priority__ = 100
 
@@ -319,6 +451,13 @@ class ndarray:
             raise NotImplementedError("strict_cupy: ndarray(memptr=, strides=) is not implemented")
         self._a = np.empty(shape, dtype=dtype, order=order)
         self._base = None
+        self._bytes = 0
+        if _fusing() is None:
+            MEMORY.allocate(self, "ndarray")
+
+    def __del__(self):
+        if getattr(self, "_bytes", 0):
+            MEMORY.release(self)
 
     # --- refusing the host --------------------------------------------------------------
     def __array__(self, dtype=None, copy=None):
@@ -468,6 +607,7 @@ class ndarray:
 
 def _from_host(a):
     _count("h2d", "unpickle")
+    _LOCAL.creator = "unpickle"
     return _wrap(a)
 
 
@@ -575,6 +715,8 @@ class ufunc:
         self._check_args(args, kwargs)
         if _fusing() is not None:
             _refuse_scalar_only(self.name, args[:self.nin])
+        else:
+            _LOCAL.creator = self.name
         _op(self.name)
         out = kwargs.get("out")
         np_kwargs = dict(kwargs)
@@ -710,9 +852,14 @@ class Fused:
             args = tuple(FusedScalar(a, self.name) if isinstance(a, (bool, int, float, complex)) else a for a in args)
         _LOCAL.fusing = self.name
         try:
-            return self.fn(*args)
+            results = self.fn(*args)
         finally:
             _LOCAL.fusing = outer
+        if outer is None:  # the kernel's outputs are new device arrays; its intermediate values were registers
+            for r in results if isinstance(results, tuple) else (results,):
+                if isinstance(r, ndarray) and not r._bytes and r._base is None and not any(r is a for a in args):
+                    MEMORY.allocate(r, f"fuse:{self.name}")
+        return results
 
 
 def fuse(*args, **kwargs):
@@ -919,6 +1066,6 @@ cuda.Device = Device
 cuda.runtime = _Runtime("strict_cupy.cupy.cuda.runtime")
 cuda.is_available = lambda: not _BROKEN & {"driver"}
 for _name, _value in {"ndarray": ndarray, "ufunc": ufunc, "fuse": fuse, "get_array_module": get_array_module,
-                      "asnumpy": asnumpy, "random": random, "linalg": linalg, "lib": _lib, "cuda": cuda}.items():
+                      "get_default_memory_pool": get_default_memory_pool, "asnumpy": asnumpy, "random": random, "linalg": linalg, "lib": _lib, "cuda": cuda}.items():
     assert _name in API["namespace"], _name  # the snapshot must list every name given here
     setattr(cupy, _name, _value)

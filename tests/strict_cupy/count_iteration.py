@@ -5,8 +5,13 @@
 Builds a :class:`npsn.gan.trainer.Trainer` on device "gpu" = the stand-in (random images, a
 temporary run directory), runs ``--warmup`` iterations (first-call work: fused kernels built,
 buffers allocated), then counts ``Trainer.train_iteration`` once and prints ops / syncs / h2d /
-d2h and the ``--top`` most frequent operations. The numbers follow the stand-in's counting
-rules (``strict_cupy`` docstring); no GPU is needed.
+d2h, the ``--top`` most frequent operations, and the device memory: MiB live when the iteration
+starts and at its peak, with the operations whose arrays hold the most of that peak. The numbers
+follow the stand-in's counting rules (``strict_cupy`` docstring); no GPU is needed. Several
+presets, comma-separated, are counted one after the other (the README's memory table)::
+
+    PYTHONPATH=. python tests/strict_cupy/count_iteration.py \
+        --preset cnn,sngan-projection-resnet,sngan-projection-resnet-conditional --warmup 1
 """
 import argparse
 import os
@@ -37,15 +42,22 @@ def count_iteration(preset="cnn", batch_size=64, warmup=2, **overrides):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--preset", default="cnn")
+    p.add_argument("--preset", default="cnn", help="a preset, or several comma-separated")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--top", type=int, default=15)
     args = p.parse_args(argv)
-    c = count_iteration(args.preset, args.batch_size, args.warmup)
-    print(f"{args.preset}, batch {args.batch_size}: ops={c.ops} syncs={c.syncs} h2d={c.h2d} d2h={c.d2h}")
-    for name, n in c.by_name.most_common(args.top):
-        print(f"  {n:5d}  {name}")
+    mib = 2**20
+    for preset in args.preset.split(","):
+        c = count_iteration(preset, args.batch_size, args.warmup)
+        g_batch = preset_config(preset).g_batch_size or args.batch_size
+        print(f"{preset}, batch {args.batch_size} (G batch {g_batch}): ops={c.ops} syncs={c.syncs} h2d={c.h2d} "
+              f"d2h={c.d2h}; device memory {c.start_bytes / mib:.1f} MiB live at the start, peak "
+              f"{c.peak_bytes / mib:.1f} MiB", flush=True)
+        print("  at the peak, made by: " + ", ".join(f"{name} {n / mib:.1f} MiB"
+                                                    for name, n in c.peak_by_name.most_common(args.top)))
+        for name, n in c.by_name.most_common(args.top):
+            print(f"  {n:5d}  {name}")
 
 
 if __name__ == "__main__":
