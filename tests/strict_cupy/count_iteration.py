@@ -30,9 +30,12 @@ from npsn.gan.trainer import Trainer, preset_config  # noqa: E402
 def count_iteration(preset="cnn", batch_size=64, warmup=2, **overrides):
     """The :class:`strict_cupy.Counts` of one training iteration after ``warmup`` others."""
     config = preset_config(preset, device="gpu", batch_size=batch_size, **overrides)
-    images = np.random.default_rng(0).integers(0, 256, (4 * batch_size, 3, 32, 32), dtype=np.uint8)
+    rng = np.random.default_rng(0)
+    n = 4 * max(batch_size, config.g_batch_size)
+    images = rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)
+    labels = rng.integers(0, config.num_classes, n) if config.num_classes else None
     with backend.use_gpu_module(strict_cupy.cupy), tempfile.TemporaryDirectory() as out:
-        trainer = Trainer(config, images, out)
+        trainer = Trainer(config, images, out, labels=labels)
         for _ in range(warmup):
             trainer.train_iteration()
         with strict_cupy.counting() as counts:
