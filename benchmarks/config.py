@@ -17,6 +17,7 @@ SIDES = ("npsn", "torch")
 SN_MODES = ("matrix", "operator")  # npsn.nn.spectral_norm.SN_MODES (repeated: this module imports no NumPy; a test checks)
 DEFAULT_REPEATS, DEFAULT_WARMUP = 10, 2
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository's root
 
 
 @dataclasses.dataclass
@@ -116,3 +117,33 @@ def set_thread_environment(threads):
     if threads is not None:
         for name in THREAD_VARIABLES:
             os.environ[name] = str(threads)
+
+
+def parse_args(argv=None, description=None):
+    """``scripts/bench.py``'s command line (``description``: its help text) as a :class:`BenchConfig`."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=DEVICES, default="cpu")
+    p.add_argument("--models", type=model_list, default=list(MODELS), help="comma-separated (default: cnn,resnet)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--repeats", type=per_model, default={None: DEFAULT_REPEATS}, help="timed calls per phase: N or cnn=N,resnet=M")
+    p.add_argument("--warmup", type=per_model, default={None: DEFAULT_WARMUP}, help="untimed calls per phase first: N or cnn=N,...")
+    p.add_argument("--compare", choices=COMPARE, default="none")
+    p.add_argument("--settle", type=float, default=0.2,
+                   help="seconds of idle before each timed call when comparing (lets spinning threads sleep)")
+    p.add_argument("--threads", type=int, help="BLAS/OpenMP/PyTorch threads for both sides (default: libraries' own)")
+    p.add_argument("--malloc", choices=MALLOC, default="no-trim", help="glibc allocator setting")
+    p.add_argument("--memory", choices=MEMORY, default="probe", help="peak memory in fresh processes")
+    p.add_argument("--breakdown", action="store_true",
+                   help="also split npsn's iteration time into convolution matrix products, im2col/col2im and the rest")
+    p.add_argument("--g-ch", type=int, help="generator width (default: the paper's; small values for smoke tests)")
+    p.add_argument("--d-ch", type=int, help="discriminator width (default: the paper's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sn-mode", choices=SN_MODES, default="matrix",
+                   help="D's spectral norm: matrix (the paper's) or operator (the convolution's operator norm)")
+    p.add_argument("--json-only", action="store_true", help="print only the JSON line")
+    p.add_argument("--probe-memory", choices=SIDES, help=argparse.SUPPRESS)  # internal: one memory probe
+    args = p.parse_args(argv)
+    try:
+        return BenchConfig(**vars(args))
+    except ValueError as exc:
+        p.error(str(exc))

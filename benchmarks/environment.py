@@ -3,7 +3,7 @@
 **Threads.** ``--threads N`` sets OMP/OPENBLAS/MKL_NUM_THREADS before NumPy is imported
 (:func:`benchmarks.config.set_thread_environment`), then :func:`limit_threads` limits every BLAS
 and OpenMP pool with threadpoolctl when it is installed, sets npsn's host threads
-(:func:`npsn.utils.threads.set_num_threads`, which split im2col/col2im and elementwise kernels)
+(:func:`npsn.backend.threads.set_num_threads`, which split im2col/col2im and elementwise kernels)
 and calls ``torch.set_num_threads(N)``. Without it each library keeps its default. The BLAS in use
 and its thread count are reported, and so is every ``OPENBLAS_*``/``OMP_*``/``MKL_*``/``MALLOC_*``/
 ``NPSN_*`` variable (``OPENBLAS_THREAD_TIMEOUT`` comes from ``scripts/preamble.py``).
@@ -15,15 +15,16 @@ hundreds of MB (im2col matrices, activations). glibc serves blocks that large wi
 start, as the training script does (every block from the heap, the heap never trimmed), so freed
 memory is reused; ``--malloc default`` leaves glibc's dynamic defaults. Both sides run in the one
 process, hence under the same setting; the cost of ``no-trim`` is that the process keeps its peak
-memory. Whether freed memory is actually reused is measured (:func:`benchmarks.memory.freed_memory_is_reused`)
-and reported.
+memory. Whether freed memory is actually reused is measured by the harness
+(:func:`benchmarks.memory.freed_memory_is_reused`) and reported.
 """
 import os
 import platform
 import subprocess
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchmarks.config import REPO
+
 REPORTED_VARIABLE_PREFIXES = ("OPENBLAS_", "OMP_", "MKL_", "MALLOC_", "NPSN_")
 
 
@@ -48,7 +49,7 @@ def limit_threads(n):
     """Limit every BLAS/OpenMP pool loaded so far, npsn's host threads and PyTorch's (if imported) to ``n`` threads."""
     if n is None:
         return
-    from npsn.utils import threads
+    from npsn.backend import threads
     threads.set_num_threads(n)
     try:
         import threadpoolctl
@@ -113,12 +114,15 @@ def _cpu_name():
 
 
 def environment_report(config, torch, allocator_applied):
-    """The machine, versions, threads and allocator of this run, as a JSON-ready dict."""
+    """The machine, versions, threads and allocator of this run, as a JSON-ready dict.
+
+    Whether freed memory is reused is measured by the harness (:mod:`benchmarks.memory` builds on
+    this module, not the other way round) and added under ``malloc``.
+    """
     import numpy as np
 
     import npsn
-    from benchmarks.memory import freed_memory_is_reused
-    from npsn.utils import threads as npsn_threads
+    from npsn.backend import threads as npsn_threads
 
     versions = {"python": platform.python_version(), "numpy": np.__version__, "npsn": npsn.__version__}
     if torch is not None:
@@ -141,6 +145,5 @@ def environment_report(config, torch, allocator_applied):
                     "torch": torch.get_num_threads() if torch is not None else None},
         "environment": {k: v for k, v in sorted(os.environ.items()) if k.startswith(REPORTED_VARIABLE_PREFIXES)},
         "malloc": {"mode": config.malloc if is_glibc() else "unchanged (not glibc)",
-                   "keep_freed_memory": allocator_applied,
-                   "freed_64MiB_block_reused": freed_memory_is_reused()},
+                   "keep_freed_memory": allocator_applied},
     }

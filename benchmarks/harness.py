@@ -87,6 +87,7 @@ def run(config, allocator_applied=False):
         from npsn import backend
         backend.check_device("gpu")
     env = environment_report(config, torch, allocator_applied)
+    env["malloc"]["freed_64MiB_block_reused"] = freed_memory_is_reused()
     results = {}
     for model in config.models:
         results[model] = benchmark_model(config, model, torch, progress)

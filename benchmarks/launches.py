@@ -21,9 +21,10 @@ import os
 import sys
 import tempfile
 
+from benchmarks.config import REPO
 from npsn import backend
 
-TESTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
+TESTS_DIR = os.path.join(REPO, "tests")
 
 
 def import_stand_in():

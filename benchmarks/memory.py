@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 
-from benchmarks.environment import REPO
+from benchmarks.config import REPO
 
 MIB = 2**20
 PROBE_ITERATIONS = 2

@@ -25,50 +25,18 @@ Output: a table per model, then one JSON line with every number (--json-only: th
 """
 import preamble  # noqa: F401  (before NumPy: see scripts/preamble.py)
 
-import argparse
 import os
 import sys
 
 # the repository root: `benchmarks` (not installed) and npsn, without installing it
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.config import (  # noqa: E402  (standard library only: NumPy is not loaded yet)
-    COMPARE, DEVICES, MALLOC, MEMORY, MODELS, SIDES, SN_MODES, BenchConfig, model_list, per_model, set_thread_environment)
-
-
-def parse_args(argv=None):
-    """The command line as a :class:`benchmarks.config.BenchConfig`."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", choices=DEVICES, default="cpu")
-    p.add_argument("--models", type=model_list, default=list(MODELS), help="comma-separated (default: cnn,resnet)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--repeats", type=per_model, default={None: 10}, help="timed calls per phase: N or cnn=N,resnet=M")
-    p.add_argument("--warmup", type=per_model, default={None: 2}, help="untimed calls per phase first: N or cnn=N,...")
-    p.add_argument("--compare", choices=COMPARE, default="none")
-    p.add_argument("--settle", type=float, default=0.2,
-                   help="seconds of idle before each timed call when comparing (lets spinning threads sleep)")
-    p.add_argument("--threads", type=int, help="BLAS/OpenMP/PyTorch threads for both sides (default: libraries' own)")
-    p.add_argument("--malloc", choices=MALLOC, default="no-trim", help="glibc allocator setting")
-    p.add_argument("--memory", choices=MEMORY, default="probe", help="peak memory in fresh processes")
-    p.add_argument("--breakdown", action="store_true",
-                   help="also split npsn's iteration time into convolution matrix products, im2col/col2im and the rest")
-    p.add_argument("--g-ch", type=int, help="generator width (default: the paper's; small values for smoke tests)")
-    p.add_argument("--d-ch", type=int, help="discriminator width (default: the paper's)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sn-mode", choices=SN_MODES, default="matrix",
-                   help="D's spectral norm: matrix (the paper's) or operator (the convolution's operator norm)")
-    p.add_argument("--json-only", action="store_true", help="print only the JSON line")
-    p.add_argument("--probe-memory", choices=SIDES, help=argparse.SUPPRESS)  # internal: one memory probe
-    args = p.parse_args(argv)
-    try:
-        return BenchConfig(**vars(args))
-    except ValueError as exc:
-        p.error(str(exc))
+from benchmarks.config import parse_args, set_thread_environment  # noqa: E402  (standard library only: no NumPy yet)
 
 
 def main(argv=None):
     """Run the benchmark; returns the exit status (2, with one line on stderr, for an unusable device)."""
-    config = parse_args(argv)
+    config = parse_args(argv, description=__doc__)
     set_thread_environment(config.threads)  # read when NumPy loads its BLAS: before the harness imports it
     from benchmarks import harness
     from npsn import backend

@@ -1,7 +1,7 @@
 """The BLAS environment every script sets before NumPy is imported: ``import preamble`` as the first import.
 
 After each matrix product, OpenBLAS's idle worker threads keep spinning for about 0.1 s waiting
-for the next one, and take the cores npsn's host threads (:mod:`npsn.utils.threads`) need for
+for the next one, and take the cores npsn's host threads (:mod:`npsn.backend.threads`) need for
 im2col, col2im and the elementwise layers. ``OPENBLAS_THREAD_TIMEOUT=4`` makes them sleep at
 once. Measured on 2 cores, cnn training iteration: 1.25 s with spinning BLAS threads vs 1.11 s
 with them asleep.

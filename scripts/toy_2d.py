@@ -15,7 +15,7 @@ same s, and run long enough (8,000 iterations is short; average the last few --e
 records, the HQ fraction swings 10-20 points between them). The README's "2-D toy" section
 has the measured table.
 
-Each run trains PacGAN's MLPs (npsn.gan.toy) and measures, on 2,500 generated points, the modes
+Each run trains PacGAN's MLPs (npsn.experiments.toy) and measures, on 2,500 generated points, the modes
 covered, the % of high-quality samples (within 3 std of the nearest mode) and the reverse KL of
 the mode histogram. The script prints a table of mean +- std over seeds next to the numbers
 published in PacGAN's Table 1, and writes into --out:
@@ -63,7 +63,7 @@ def parse_args(argv=None):
     from npsn.data.mixtures import DATASETS
     from npsn.gan.losses import LOSSES
     from npsn.gan.mlp import D_ACTIVATIONS, D_INITS
-    from npsn.gan.toy import ToyConfig
+    from npsn.experiments.toy import ToyConfig
 
     default = ToyConfig()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -104,7 +104,7 @@ def parse_args(argv=None):
 
 def run_one(config_dict, log_every=0, eval_every=0):
     """Train and evaluate one run (in a worker process when --jobs > 1); returns the result dict."""
-    from npsn.gan.toy import ToyConfig, train
+    from npsn.experiments.toy import ToyConfig, train
 
     config = ToyConfig(**config_dict)
     result = train(config, log_every=log_every, eval_every=eval_every)
@@ -113,18 +113,6 @@ def run_one(config_dict, log_every=0, eval_every=0):
           f"{len(m['mode_counts'])}  HQ {100 * m['hq_fraction']:5.1f}%  reverse KL {m['reverse_kl']:.3f}"
           f"  ({result['seconds']:.0f} s)", flush=True)
     return result
-
-
-def pool_context(device):
-    """The worker processes' start method: "spawn" on the GPU, the platform's default (None) on the CPU.
-
-    A forked child inherits the parent's CUDA state, which CUDA does not support: the device
-    check has initialized CUDA in this process, so forked workers would fail with "no CUDA
-    device is usable". Spawned workers start fresh and initialize CUDA themselves.
-    """
-    import multiprocessing
-
-    return multiprocessing.get_context("spawn") if device == "gpu" else None
 
 
 def method_label(method, d_input_scale):
@@ -161,7 +149,7 @@ def main(argv=None):
     from npsn import backend
     from npsn.data.mixtures import DATASETS, get_dataset
     from npsn.eval.modes import summarize
-    from npsn.gan.toy import save_scatter
+    from npsn.experiments.toy import save_scatter
 
     try:
         backend.check_device(args.device)  # runs a few kernels on the GPU before anything is written
@@ -182,7 +170,8 @@ def main(argv=None):
 
     start = time.time()
     if args.jobs > 1:
-        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=pool_context(args.device)) as pool:
+        from npsn.experiments.toy import worker_pool_context
+        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=worker_pool_context(args.device)) as pool:
             results = list(pool.map(partial(run_one, log_every=args.log_every, eval_every=args.eval_every), configs))
     else:
         results = [run_one(c, args.log_every, args.eval_every) for c in configs]

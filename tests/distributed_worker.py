@@ -143,7 +143,7 @@ def fail(comm, out_dir):
 
 def main(argv):
     from npsn.distributed import launch
-    from npsn.utils import threads
+    from npsn.backend import threads
 
     threads.set_num_threads(1)
     mode, args = argv[0], argv[1:]

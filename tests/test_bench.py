@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from benchmarks import config as bench_config
-from benchmarks.config import BenchConfig, count_for, per_model
+from benchmarks.config import BenchConfig, count_for, parse_args, per_model
 from benchmarks.environment import is_glibc
 from benchmarks.phases import PHASES, NpsnSide, TorchSide, fixed_inputs, make_trainer
 from benchmarks.timing import time_phases
@@ -61,15 +61,7 @@ def test_config_and_preamble_load_before_numpy():
 def test_probe_arguments_round_trip():
     """A memory probe's flags rebuild the run's settings for one model and one side."""
     config = BenchConfig(device="cpu", batch_size=4, threads=2, malloc="default", g_ch=8, d_ch=8, seed=3)
-    sys.path.insert(0, os.path.dirname(SCRIPT))
-    try:
-        import importlib.util
-        spec = importlib.util.spec_from_file_location("bench_script", SCRIPT)
-        script = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(script)
-    finally:
-        sys.path.remove(os.path.dirname(SCRIPT))
-    probe = script.parse_args(config.probe_arguments("resnet", "torch"))
+    probe = parse_args(config.probe_arguments("resnet", "torch"))
     assert probe.probe_memory == "torch" and probe.models == ["resnet"] and probe.json_only
     for name in ("device", "batch_size", "threads", "malloc", "g_ch", "d_ch", "seed"):
         assert getattr(probe, name) == getattr(config, name), name

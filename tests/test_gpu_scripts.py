@@ -65,12 +65,10 @@ def test_toy_2d_on_the_gpu_path_and_its_worker_start_method(tmp_path, strict_gpu
                            "--batch-size", "16", "--eval-samples", "64", "--out", out, "--device", "gpu")
     assert isinstance(summary, dict) and counts.ops > 0  # main returns the summary (2 for an unusable GPU)
     assert os.path.exists(os.path.join(out, "results.json"))
-    import runpy
+    from npsn.experiments.toy import worker_pool_context
 
-    from test_scripts import SCRIPTS
-    toy = runpy.run_path(os.path.join(SCRIPTS, "toy_2d.py"), run_name="npsn_script_under_test")
     # a forked child cannot use the parent's CUDA context: spawn on the GPU, the platform default on the CPU
-    assert toy["pool_context"]("gpu").get_start_method() == "spawn" and toy["pool_context"]("cpu") is None
+    assert worker_pool_context("gpu").get_start_method() == "spawn" and worker_pool_context("cpu") is None
 
 
 def test_breakdown_synchronizes_around_each_timed_kernel(monkeypatch):

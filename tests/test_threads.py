@@ -1,11 +1,11 @@
-"""npsn.utils.threads: the batch split covers every row once, and split kernels (npsn.backend.elementwise too) give bit-identical results."""
+"""npsn.backend.threads: the batch split covers every row once, and split kernels (npsn.backend.elementwise too) give bit-identical results."""
 import threading
 
 import numpy as np
 import pytest
 
 from npsn.backend import elementwise, get_array_module
-from npsn.utils import threads
+from npsn.backend import threads
 from npsn.nn.im2col import col2im, im2col
 
 

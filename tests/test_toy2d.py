@@ -1,4 +1,4 @@
-"""Tests of npsn.gan.toy: ring and grid mixtures, PacGAN's metrics, the MLPs, short training runs, the scatter PNG."""
+"""Tests of npsn.experiments.toy: ring and grid mixtures, PacGAN's metrics, the MLPs, short training runs, the scatter PNG."""
 import math
 import os
 import subprocess
@@ -15,7 +15,7 @@ from npsn.eval.modes import assign_to_modes, mean_std, mode_metrics, summarize
 
 from npsn.gan.mlp import make_discriminator, make_generator
 
-from npsn.gan.toy import LOW_QUALITY_COLOR, REAL_COLOR, ToyConfig, ToyGAN, save_scatter, train
+from npsn.experiments.toy import LOW_QUALITY_COLOR, REAL_COLOR, ToyConfig, ToyGAN, save_scatter, train
 from npsn.nn.activations import LeakyReLU, ReLU, Scale
 from npsn.nn.batchnorm import BatchNorm1d
 from npsn.nn.linear import Linear

@@ -151,7 +151,8 @@ def test_gpu_training_smoke(archive, tmp_path, device):
 
 
 def test_one_divergence_check_for_every_training_loop():
-    from npsn.gan import toy, updates
+    from npsn.experiments import toy
+    from npsn.gan import updates
     assert TrainingDiverged is updates.TrainingDiverged  # the trainer re-exports the one class
     assert updates.check_finite(np.float32(1.5), np.asarray(-2.0, np.float32), 7) == (1.5, -2.0)
     for bad in (np.nan, np.inf):

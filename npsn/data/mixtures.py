@@ -1,6 +1,6 @@
 """2-D mixtures of Gaussians (PacGAN's ring and grid) for measuring mode collapse.
 
-See :mod:`npsn.gan.toy` for the protocol."""
+See :mod:`npsn.experiments.toy` for the protocol."""
 import dataclasses
 
 import numpy as np

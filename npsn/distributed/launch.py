@@ -2,7 +2,7 @@
 
 * :func:`start`: the communicator, and uncaught exceptions turned into an MPI Abort;
 * :func:`place_rank`: GPU rank r uses device ``local_rank mod`` (GPUs on its node); CPU ranks
-  split the node's cores (npsn's host threads, :func:`npsn.utils.threads.set_num_threads`);
+  split the node's cores (npsn's host threads, :func:`npsn.backend.threads.set_num_threads`);
 * :func:`agree`: every rank reports its validation problem (or None) and all get the first one,
   so that every rank stops before anything is written, or none does.
 """
@@ -10,7 +10,7 @@ import os
 
 from npsn import backend
 from npsn.distributed.comm import create_communicator, abort_on_uncaught_exception
-from npsn.utils import threads
+from npsn.backend import threads
 
 
 def start():

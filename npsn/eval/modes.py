@@ -1,6 +1,6 @@
 """Mode-coverage metrics of 2-D samples (PacGAN's modes covered, high-quality fraction, reverse KL).
 
-See :mod:`npsn.gan.toy` for the definitions."""
+See :mod:`npsn.experiments.toy` for the definitions."""
 import math
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""PacGAN's MLP generator and discriminator for the 2-D toy problems (see :mod:`npsn.gan.toy`)."""
+"""PacGAN's MLP generator and discriminator for the 2-D toy problems (see :mod:`npsn.experiments.toy`)."""
 
 import numpy as np
 

@@ -3,11 +3,11 @@
 ``im2col`` gathers, for every output pixel, the kh x kw x C input patch it sees, as one row
 of a matrix (one copy of a strided view); ``col2im`` is its exact adjoint: it scatters (adds)
 each row's patch back into the image, looping over the kh * kw kernel offsets only.
-Both split the batch between host threads on NumPy (:func:`npsn.utils.threads.parallel_chunks`):
+Both split the batch between host threads on NumPy (:func:`npsn.backend.threads.parallel_chunks`):
 here speed is the point, so the plumbing stays visible.
 """
 from npsn.backend import get_array_module
-from npsn.utils.threads import parallel_chunks
+from npsn.backend.threads import parallel_chunks
 
 
 def conv_output_size(size, kernel, stride, padding):
@@ -40,7 +40,7 @@ def im2col(x, kh, kw, stride, padding):
     The patches are first a strided *view* of x_pad (every window shares x_pad's memory), then
     one copy writes them out in order: sequential writes, measured 2-3 times faster than one
     strided copy per kernel offset. Padding and copy are split over the images between host
-    threads (:func:`npsn.utils.threads.parallel_chunks`).
+    threads (:func:`npsn.backend.threads.parallel_chunks`).
     """
     xp = get_array_module(x)
     n, h, w, c = x.shape
@@ -81,7 +81,7 @@ def col2im(cols, height, width, stride, padding):
     consecutive taps a that share alpha land on cells (i + alpha, r) of one slice: one addition per
     (alpha, beta) pair, 9 instead of 16 for a 4x4 stride-2 kernel with padding 1 (and larger, more
     contiguous slices: faster on a CPU too). Images are independent, so they are split between host
-    threads (:func:`npsn.utils.threads.parallel_chunks`).
+    threads (:func:`npsn.backend.threads.parallel_chunks`).
     """
     xp = get_array_module(cols)
     n, ho, wo, kh, kw, c = cols.shape

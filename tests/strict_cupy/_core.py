@@ -148,8 +148,7 @@ class Memory:
 
 
 #: Files whose frames are machinery, not the code that asked for an array (see :func:`_call_site`).
-_MACHINERY = (os.path.dirname(os.path.abspath(__file__)), os.path.join("npsn", "backend.py"),
-              os.path.join("npsn", "utils", "threads.py"))
+_MACHINERY = (os.path.dirname(os.path.abspath(__file__)), os.path.join("npsn", "backend") + os.sep)
 
 
 def _call_site():

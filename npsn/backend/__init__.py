@@ -30,7 +30,7 @@ import sys
 
 import numpy as np
 
-from npsn.utils import threads
+from . import threads  # the host side of elementwise (NumPy threads): part of the backend, imports nothing of npsn
 
 DEVICES = ("cpu", "gpu")
 
@@ -261,7 +261,7 @@ def elementwise(fn, *args, out=None):
     ``out`` (optional): an array, or a tuple of arrays (one per result), of the full broadcast
     shape, to write the results into and return; it may be an argument (an in-place update).
 
-    **NumPy** (:func:`npsn.utils.threads.parallel_elementwise`): with one host thread, or
+    **NumPy** (:func:`npsn.backend.threads.parallel_elementwise`): with one host thread, or
     arrays too small to be worth a thread hand-off, ``fn`` is called once, directly, on the
     arguments (its results then copied into ``out``, if given). Otherwise the batch (the
     leading axis) is split between the threads: arguments that have every axis of the

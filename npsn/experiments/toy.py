@@ -51,6 +51,7 @@ Metrics (on 2,500 generated samples, as PacGAN's ``MetricLogger``)
     99.7% of the 1-D three-sigma rule).
 """
 import dataclasses
+import multiprocessing
 import time
 
 import numpy as np
@@ -275,3 +276,13 @@ def save_scatter(path, real, generated, mixture, size=600, title=None):
     draw.text((6, 4), "\n".join(lines), fill=(0, 0, 0))
     image.save(path)
     return path
+
+
+def worker_pool_context(device):
+    """The start method of the processes that train seeds in parallel: "spawn" on the GPU, else the default (None).
+
+    A forked child inherits the parent's CUDA state, which CUDA does not support: the device
+    check has initialized CUDA in this process, so forked workers would fail with "no CUDA
+    device is usable". Spawned workers start fresh and initialize CUDA themselves.
+    """
+    return multiprocessing.get_context("spawn") if device == "gpu" else None
