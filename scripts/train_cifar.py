@@ -302,7 +302,7 @@ def train(args, comm=None, stop=None):
     through MPI Abort.
     """
     root = comm.rank == 0 if comm is not None else _launched_rank() == 0  # mpiexec without --distributed: one line
-    say_ = say if root else (lambda *a, **k: None)
+    show = say if root else (lambda *a, **k: None)  # what rank 0 alone prints
     trainer, lock, written, agreed = None, None, False, False
     try:
         if comm is None and not args.distributed and _launched_ranks() > 1:
@@ -362,9 +362,9 @@ def train(args, comm=None, stop=None):
             if problem:
                 raise UsageError(problem)
         # 3. everything is valid: the run directory becomes this process's (one writer per run), then write
+        written = True
         lock, out_dir = claim(args, out_dir, resumed, comm, root)
         trainer.out_dir = out_dir  # a new run without --out: the folder claim created
-        written = True
         source = PRESET_SOURCES.get(config.preset, "no preset")
         if root:
             for tmp in stale_temp_files(out_dir):
@@ -374,18 +374,18 @@ def train(args, comm=None, stop=None):
             write_json_atomic(os.path.join(out_dir, "config.json"), dict(dataclasses.asdict(config), data=data,
                                                                          source=source))
         kind = f"class-conditional ({config.num_classes} classes) " if config.num_classes else ""
-        say_(f"npsn: {'resuming' if from_checkpoint else 'training'} {kind}{config.model} on {len(images)} CIFAR-10 "
+        show(f"npsn: {'resuming' if from_checkpoint else 'training'} {kind}{config.model} on {len(images)} CIFAR-10 "
              f"images ({data}), device {config.device}, run dir {out_dir}")
         if comm is not None:
-            say_(f"data-parallel: {comm.name}, global batch {config.batch_size} = {comm.size} x "
+            show(f"data-parallel: {comm.name}, global batch {config.batch_size} = {comm.size} x "
                  f"{config.batch_size // comm.size}, G's BatchNorm {'per rank' if args.local_bn else 'synchronized'}; "
                  f"rank 0: {placed}")
-        say_(f"preset {preset_description(config)}")
-        say_("settings: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(config).items()))
+        show(f"preset {preset_description(config)}")
+        show("settings: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(config).items()))
         if from_checkpoint:
-            say_(f"resuming from iteration {trainer.iteration} of {config.iterations}")
+            show(f"resuming from iteration {trainer.iteration} of {config.iterations}")
         elif restart:
-            say_(f"no checkpoint in {out_dir} (the run stopped before its first one): starting it again from "
+            show(f"no checkpoint in {out_dir} (the run stopped before its first one): starting it again from "
                  f"iteration 0 with its recorded settings; its log starts again")
         loss_d, loss_g = trainer.run()
     except (UsageError, RunDirError, CIFAR10Error, backend.DeviceError, ThreadsError) as exc:
@@ -414,7 +414,7 @@ def train(args, comm=None, stop=None):
         return 1
     except MemoryError:
         say(f"\nerror: {_rank(comm)}out of memory with --batch-size {config.batch_size} ({config.model}); "
-            f"try a smaller --batch-size (a new run: the batch size is fixed on resume)"
+            f"try a smaller --batch-size in a new run (with a new --out: a run's batch size is fixed)"
             + (f"; {last_good(trainer)}" if trainer else ""), file=sys.stderr)
         return _stop_all(comm, 1)
     except OSError as exc:  # a file of the run (a closed stdout is not one: say() drops what it cannot print)
@@ -427,7 +427,7 @@ def train(args, comm=None, stop=None):
     finally:
         if lock is not None:
             lock.release()
-    say_(f"done: iteration {trainer.iteration}, loss_d {loss_d:.4f}, loss_g {loss_g:.4f}; "
+    show(f"done: iteration {trainer.iteration}, loss_d {loss_d:.4f}, loss_g {loss_g:.4f}; "
          f"samples and checkpoint in {out_dir}")
     return 0
 
