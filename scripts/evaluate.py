@@ -28,7 +28,8 @@ Reads RUN_DIR/checkpoint.npz (G, D and the run's configuration), then
   (a lower bound of D's Lipschitz constant) next to the product of operator norms (an upper bound,
   CNN discriminator only).
 
-Prints a table and writes everything to RUN_DIR/eval.json.
+Shows its progress on stderr (each step as it starts, and a progress line while generating more
+than 1,000 images); prints a table and writes everything to RUN_DIR/eval.json.
 """
 import preamble  # noqa: F401  (before NumPy: see scripts/preamble.py)
 
@@ -48,6 +49,8 @@ from npsn.eval.evaluation import (GRADIENT_BATCH, RunError, class_names, cycle_l
                                   generate, load_run, num_classes, real_subset)
 from npsn.eval.gan_test import class_aware_measures
 from npsn.gan.models import sample_latent
+from npsn.utils.console import say
+from npsn.utils.threads import ThreadsError, environment_threads
 
 
 def parse_args(argv=None):
@@ -96,6 +99,11 @@ def print_table(result):
               f"{row['sigma_normalized_svd']:>12.4f} {row['operator_norm']:>9.4f}")
 
 
+def step(what):
+    """One progress line on stderr as a step starts (stdout keeps the table)."""
+    say(f"evaluate: {what} ...", file=sys.stderr)
+
+
 def check_out(path):
     """An error message when the results cannot be written to ``path``, else None (checked before computing)."""
     if os.path.isdir(path):
@@ -115,6 +123,7 @@ def main(argv=None):
             print(f"error: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
             return 2
     try:
+        environment_threads()
         find_checkpoint(args.run_dir)
         backend.check_device(args.device)  # before loading any data
         config, G, D, meta = load_run(args.run_dir, args.device)
@@ -130,7 +139,7 @@ def main(argv=None):
         if problem:
             raise RunError(problem)
         images, labels = load_cifar10(args.data, args.split)
-    except (RunError, backend.DeviceError, CIFAR10Error, ClassifierError) as exc:
+    except (RunError, backend.DeviceError, CIFAR10Error, ClassifierError, ThreadsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.n > len(images):
@@ -145,7 +154,8 @@ def main(argv=None):
     z = backend.to_device(
         sample_latent(np.random.default_rng([args.seed, 5]), args.n, config["z_dim"], config.get("z_dist", "normal")),
         args.device)
-    fake = generate(G, z, labels=fake_labels)
+    step(f"generating {args.n} images (G of iteration {meta['iteration']}, eval mode)")
+    fake = generate(G, z, labels=fake_labels, progress=True)
     D.eval()
     first = (pixels_to_unit(real_uint8[:GRADIENT_BATCH], xp),) + ((real_labels[:GRADIENT_BATCH],) if k else ())
     D(*first)  # records every layer's input shape; no u, v update
@@ -154,9 +164,12 @@ def main(argv=None):
               "seed": args.seed}
     if k:
         result["class_names"] = class_names(meta, k)
+    step(f"SWD of {args.n} generated vs {args.n} real images, D's spectral diagnostics ({args.power_iterations} "
+         f"power iterations per layer) and gradient norms")
     result.update(diagnose(D, real_uint8, fake, swd_seed=args.seed, power_iterations=args.power_iterations,
                            real_labels=real_labels if k else None, fake_labels=fake_labels))
     if classifier is not None:
+        step(f"the classifier's features and predictions of the {args.n} real and {args.n} generated images")
         result["classifier"] = os.path.abspath(classifier_checkpoint_path(args.classifier or DEFAULT_CLASSIFIER_DIR))
         result.update(class_aware_measures(classifier, real_uint8, unit_to_pixels(fake), fake_labels, real_labels))
     print_table(result)

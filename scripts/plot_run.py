@@ -1,8 +1,10 @@
 """Plot a run's log: losses, SWD, per-layer sigmas and operator norms, gradient norms.
 
     python scripts/plot_run.py runs/cnn-20261123-120000
+    python scripts/plot_run.py runs/cnn-20261123-120000 --out /tmp/plots    # a run you cannot write into
 
-Reads RUN_DIR/log.jsonl and writes PNGs into RUN_DIR/plots/:
+Reads RUN_DIR/log.jsonl and writes PNGs into --out (default RUN_DIR/plots/; created if missing,
+checked to be writable before anything is drawn):
 
 * ``losses.png``: loss_d and loss_g against the iteration;
 * ``sigma.png``: each discriminator layer's power-iteration sigma (the "sigma" entry of every record);
@@ -11,7 +13,7 @@ Reads RUN_DIR/log.jsonl and writes PNGs into RUN_DIR/plots/:
 * ``grad_norm.png``: max and mean ||grad_x D(x)|| (a lower bound of Lip(D)) and, for the CNN
   discriminator, the product of operator norms (an upper bound) (--eval-every).
 
-Needs matplotlib, an optional extra: ``pip install npsn[plot]``.
+Needs matplotlib, an optional extra: ``pip install -e '.[plot]'`` in the repository.
 """
 import preamble  # noqa: F401  (before NumPy: see scripts/preamble.py)
 
@@ -19,12 +21,14 @@ import argparse
 import os
 import sys
 
-INSTALL_HINT = "plot_run.py needs matplotlib: install it with `pip install npsn[plot]` (or `pip install matplotlib`)"
+INSTALL_HINT = ("plot_run.py needs matplotlib: install it with `pip install -e '.[plot]'` in the repository "
+                "(or `pip install matplotlib`)")
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory holding log.jsonl")
+    p.add_argument("--out", metavar="DIR", help="where to write the plots (default: RUN_DIR/plots)")
     return p.parse_args(argv)
 
 
@@ -119,8 +123,14 @@ def main(argv=None):
     if not os.path.isfile(log_path):
         print(f"error: {args.run_dir}: no log.jsonl there", file=sys.stderr)
         return 2
-    from npsn.gan.rundir import RunDirError
+    from npsn.gan.rundir import RunDirError, check_writable_folder
 
+    folder = args.out or os.path.join(args.run_dir, "plots")
+    try:
+        check_writable_folder(folder, f"--out {folder}" if args.out else f"the plots' folder {folder}")
+    except RunDirError as exc:
+        print(f"error: {exc}" + ("" if args.out else "; write them elsewhere with --out DIR"), file=sys.stderr)
+        return 2
     try:
         records = read_log(log_path)
     except RunDirError as exc:
@@ -137,7 +147,6 @@ def main(argv=None):
     except ImportError:
         print(f"error: {INSTALL_HINT}", file=sys.stderr)
         return 2
-    folder = os.path.join(args.run_dir, "plots")
     os.makedirs(folder, exist_ok=True)
     for path in make_plots(plt, records, folder):
         print(f"wrote {path}")

@@ -9,7 +9,8 @@ G runs in eval mode (BatchNorm's running statistics) on z ~ N(0, I) drawn from
 numpy.random.default_rng(seed), generated in chunks of 250 (with a progress line when there are
 more than 1,000). Missing folders of --out are created. Output by extension:
 
-* ``.png``: one grid, --nrow images per row (default: ceil(sqrt(n)), 8 for 64 images);
+* ``.png``: one grid, --nrow images per row (default: ceil(sqrt(n)), 8 for 64 images), at most
+  10,000 images (a 100 x 100 grid is 3402 x 3402 pixels);
 * ``.npz``: key ``images``, uint8 (n, 3, 32, 32) NCHW, the pixels of npsn.data.pixels.unit_to_pixels
   (the values the PNG grid holds); for a conditional run also ``labels``, int32 (n,), each image's class.
 
@@ -29,6 +30,7 @@ import preamble  # noqa: F401  (before NumPy: see scripts/preamble.py)
 import argparse
 import math
 import os
+import re
 import sys
 import time
 
@@ -36,14 +38,15 @@ import numpy as np
 
 from npsn import backend
 from npsn.data.pixels import unit_to_pixels
-from npsn.eval.evaluation import (GENERATION_CHUNK, RunError, class_names, cycle_labels, generate, load_run,
-                                  num_classes)
+from npsn.eval.evaluation import (GENERATION_CHUNK, PROGRESS_ABOVE, RunError, class_names, cycle_labels, generate,
+                                  load_run, num_classes)
 from npsn.gan.models import sample_latent
 from npsn.utils.images import save_class_grid, save_grid
 from npsn.utils.progress import ProgressBar
+from npsn.utils.threads import ThreadsError, environment_threads
 
-PROGRESS_ABOVE = 1000  # images: fewer take a few seconds, with no progress line
 DEFAULT_N = 64
+MAX_GRID_IMAGES = 10_000  # a .png grid: 100 x 100 images of 34 x 34 pixels (with the padding), ~35 MB in memory
 GRID_COLUMNS = 10  # --grid: images per class row when --nrow is not given (the trainer's grids have 10 too)
 
 FORMATS = (".png", ".npz")
@@ -74,6 +77,9 @@ def check_options(args):
         raise UsageError(f"--out {args.out}: the name must end in .png or .npz")
     if args.n is not None and args.n < 1:
         raise UsageError("--n must be at least 1")
+    if args.n is not None and args.n > MAX_GRID_IMAGES and args.out.lower().endswith(".png"):
+        raise UsageError(f"--n {args.n}: a .png grid holds at most {MAX_GRID_IMAGES:,} images; give --n "
+                         f"{MAX_GRID_IMAGES} or less, or an --out ending in .npz")
     if args.nrow is not None and args.nrow < 1:
         raise UsageError("--nrow must be at least 1")
     if args.grid and args.class_ is not None:
@@ -94,7 +100,7 @@ def check_options(args):
 def resolve_class(text, names):
     """The index of ``--class text``: an index 0..K-1 or one of ``names`` (case-insensitive); UsageError else."""
     k = len(names)
-    if text.strip().lstrip("-").isdigit():
+    if re.fullmatch(r"-?[0-9]+", text.strip()):  # ASCII digits only: '²'.isdigit() is true, int('²') fails
         index = int(text)
         if not 0 <= index < k:
             raise UsageError(f"--class {text}: the run has {k} classes, 0..{k - 1} ({', '.join(names)})")
@@ -115,6 +121,9 @@ def latents_and_labels(args, config, k, names):
                          f"leave out {given.split()[0]}")
     if args.grid:
         columns = args.nrow or GRID_COLUMNS
+        if k * columns > MAX_GRID_IMAGES:
+            raise UsageError(f"--grid --nrow {columns}: {k} rows of {columns} images is more than the "
+                             f"{MAX_GRID_IMAGES:,} a .png grid holds; give --nrow {MAX_GRID_IMAGES // k} or less")
         z = np.tile(sample_latent(rng, columns, z_dim, z_dist), (k, 1))  # column j: the same z_j in every row
         return z, np.repeat(np.arange(k, dtype=np.int32), columns), k * columns
     n = args.n or DEFAULT_N
@@ -129,13 +138,14 @@ def latents_and_labels(args, config, k, names):
 def main(argv=None):
     args = parse_args(argv)
     try:
+        environment_threads()
         check_options(args)
         backend.check_device(args.device)
         config, G, _, meta = load_run(args.checkpoint, args.device)
         k = num_classes(G)
         names = class_names(meta, k) if k else []
         z, labels, n = latents_and_labels(args, config, k, names)
-    except (UsageError, RunError, backend.DeviceError) as exc:
+    except (UsageError, RunError, backend.DeviceError, ThreadsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     z = backend.to_device(z, args.device)

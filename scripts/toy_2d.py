@@ -151,9 +151,12 @@ def main(argv=None):
     from npsn.eval.modes import summarize
     from npsn.experiments.toy import save_scatter
 
+    from npsn.utils.threads import ThreadsError, environment_threads
+
     try:
+        environment_threads()
         backend.check_device(args.device)  # runs a few kernels on the GPU before anything is written
-    except backend.DeviceError as exc:
+    except (backend.DeviceError, ThreadsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     datasets = list(DATASETS) if args.dataset == "both" else [args.dataset]

@@ -12,9 +12,13 @@ preset gives every hyperparameter; any option given on the command line override
 it (the settings the run uses are printed at start). Every option is checked before the data is
 loaded or anything is written; a bad one is a one-line error (exit status 2).
 
-A new run never overwrites anything: --out must be a new or an empty directory. A resumed run
-reads its config.json (which records the data's absolute path) and checkpoint, checks both,
-and continues; of its options only these may change on resume: --iterations, --lr, --lr-decay,
+A new run never overwrites anything: --out must be a new or an empty directory (without --out,
+runs/<preset>-<date>-<time>, with -2, -3, ... added when runs start in the same second). One
+process trains a run: a second process on the same run directory (a new run or --resume) is
+refused while the first lives. A resumed run reads its config.json (which records the data's
+absolute path) and checkpoint, checks both, and continues; a run that stopped before its first
+checkpoint starts again from iteration 0 with its recorded settings. Of its options only these
+may change on resume: --iterations, --lr, --lr-decay,
 --device, --log-every, --sample-every, --checkpoint-every, --checkpoint-minutes, --eval-every,
 --eval-images (and --data, when the data has moved). Any other option that differs from the
 run's is refused (among them --preset, --model, --batch-size, --g-batch-size, --z-dist, --pixels,
@@ -28,7 +32,8 @@ written on its left. The preset sngan-projection-resnet-conditional is the autho
 
 Checkpoints: every --checkpoint-every iterations, every --checkpoint-minutes (default 10), at the
 end and on Ctrl-C/SIGTERM; a first sample grid at iteration 1. A failed write (e.g. a full disk)
-stops training with the last good checkpoint named; --resume continues from it.
+stops training with the last good checkpoint named; --resume continues from it. A closed stdout
+(`| head -1`) does not stop training: what would have been printed is dropped.
 
 Data-parallel: `mpiexec -n R python scripts/train_cifar.py --distributed ...` trains on R ranks (one
 device each; --batch-size stays the global batch and must be divisible by R); rank 0 writes the run.
@@ -46,12 +51,15 @@ from npsn import backend
 from npsn.data.cifar10 import CIFAR10Error, download_cifar10, load_cifar10, load_label_names
 from npsn.gan.losses import LOSSES
 from npsn.gan.models import MODELS, Z_DISTRIBUTIONS
-from npsn.gan.rundir import (RunDirError, check_new_run_dir, check_resume_dir, read_checkpoint, read_config_json,
-                             read_log, stale_temp_files, write_json_atomic)
+from npsn.gan.rundir import (RunDirError, check_creatable, check_new_run_dir, check_resume_dir, claim_run_dir,
+                             how_to_continue, new_run_dir, read_checkpoint, read_config_json, read_log, run_state,
+                             stale_temp_files, write_json_atomic)
 from npsn.gan.trainer import (LR_DECAYS, PIXEL_MAPPINGS, PRESET_SOURCES, PRESETS, RESUMABLE_OPTIONS, Trainer,
-                              TrainingDiverged, TrainConfig, config_problems, preset_config)
+                              TrainingDiverged, TrainConfig, config_problems, preset_config, preset_description)
 from npsn.nn.spectral_norm import SN_MODES
 from npsn.utils.allocator import keep_freed_memory
+from npsn.utils.console import flush_at_exit, one_line, say
+from npsn.utils.threads import ThreadsError, environment_threads
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -104,8 +112,9 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int)
     p.add_argument("--data", help="cifar-10-python.tar.gz or its extracted folder (default: ./data)")
     p.add_argument("--download", action="store_true", help="download the official archive into --data (or ./data)")
-    p.add_argument("--out", help="run directory (default: runs/<preset>-<date>-<time>)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    p.add_argument("--out", help="run directory (default: runs/<preset>-<date>-<time>, made unique)")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR from its last checkpoint (from iteration 0 when it has none)")
     p.add_argument("--log-every", type=int)
     p.add_argument("--sample-every", type=int)
     p.add_argument("--checkpoint-every", type=int, help="a checkpoint every N iterations (0: only by time and at the end)")
@@ -139,11 +148,6 @@ def flag(name):
     return SWITCHES.get(name, "--" + name.replace("_", "-"))
 
 
-def fit(text, limit=160):
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[:limit] + " ..."
-
-
 def check_values(config, given, source):
     """UsageError for the first invalid value: named by its option when given, else by ``source``."""
     for name, message in config_problems(config):
@@ -152,39 +156,73 @@ def check_values(config, given, source):
         raise UsageError(f"{source}: {name} {message}; correct that file, or give {flag(name)}")
 
 
-def build_config(args):
-    """``(config, out_dir, stored)`` from the arguments, every value checked; only the run's files are read.
+@dataclasses.dataclass
+class Resumed:
+    """What ``--resume`` found, checked: the run's config.json, whether it has a checkpoint, and its
+    :func:`~npsn.gan.rundir.run_state` when checked (``claim`` compares it)."""
 
-    ``stored`` is the resumed run's config.json (None for a new run).
+    stored: dict
+    has_checkpoint: bool
+    state: tuple
+
+
+def build_config(args):
+    """``(config, out_dir, resumed)`` from the arguments, every value checked; only the run's files are read.
+
+    ``resumed`` is a :class:`Resumed` (None for a new run). Without --out, ``out_dir`` is the base
+    name of a new run directory (``claim`` adds -2, -3, ... when it is taken).
     """
     given = {name: getattr(args, name) for name in CONFIG_OPTIONS if getattr(args, name, None) is not None}
     if not args.resume:
         preset = given.pop("preset", None)
         if preset is None:  # earlier npsn: --model alone chose its preset
             preset = given["model"] if given.get("model") in PRESETS else "cnn"
+        if given.get("sn") is False and "sn_mode" in given:
+            raise UsageError(f"argument --sn-mode: it chooses how D's spectral normalization measures sigma, and "
+                             f"--no-sn turns that off; give one of them")
         config = preset_config(preset, **given)
         check_values(config, given, "the preset")
-        out = args.out or os.path.join("runs", f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}")
-        check_new_run_dir(out)
+        if args.out:
+            check_new_run_dir(args.out)
+            return config, args.out, None
+        out = os.path.join("runs", f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+        check_creatable(out, f"the run directory {out}")
         return config, out, None
 
     run_dir = args.resume
     if args.out:
         raise UsageError(f"--out and --resume: a resumed run stays in its directory; give only --resume {run_dir}")
-    check_resume_dir(run_dir)
+    has_checkpoint = check_resume_dir(run_dir)
+    state = run_state(run_dir)  # before reading: a write by another process from now on is noticed by the claim
     config_path = os.path.join(run_dir, "config.json")
     stored = read_config_json(run_dir)
     unknown = sorted(set(stored) - set(CONFIG_OPTIONS) - {"data", "source"})
     if unknown:
         raise UsageError(f"{config_path} has unknown settings {', '.join(unknown)} (damaged, or from another "
                          f"version of npsn); correct that file")
+    for name in ("data", "source"):
+        if stored.get(name) is not None and not isinstance(stored[name], str):
+            raise UsageError(f"{config_path} has {name}={stored[name]!r}, which is not text (damaged); correct "
+                             f"that file" + (", or give --data PATH" if name == "data" else ""))
     config = TrainConfig.from_dict(stored)
     check_values(config, {}, config_path)
+    resumed = Resumed(stored, has_checkpoint, state)
+    if not has_checkpoint:  # stopped before its first checkpoint: it starts again with its recorded settings
+        return resumed_config(config, given, run_dir, config_path), run_dir, resumed
     _, meta = read_checkpoint(os.path.join(run_dir, "checkpoint.npz"))
     for name in CONFIG_OPTIONS:
         if name not in RESUMABLE_OPTIONS and name in meta["config"] and meta["config"][name] != getattr(config, name):
             raise UsageError(f"{config_path} has {name}={getattr(config, name)!r} but the checkpoint was trained "
                              f"with {name}={meta['config'][name]!r}; restore config.json from a copy")
+    config = resumed_config(config, given, run_dir, config_path)
+    if meta["iteration"] >= config.iterations:
+        raise UsageError(f"--resume {run_dir}: the run is already at iteration {meta['iteration']} of "
+                         f"{config.iterations}; to train longer give --iterations larger than {meta['iteration']}")
+    return config, run_dir, resumed
+
+
+def resumed_config(config, given, run_dir, config_path):
+    """The run's ``config`` with the options given on resume, which may change only ``RESUMABLE_OPTIONS``."""
     for name, value in given.items():
         if name not in RESUMABLE_OPTIONS and value != getattr(config, name):
             shown = flag(name) if name in SWITCHES else f"{flag(name)} {value}"
@@ -193,10 +231,7 @@ def build_config(args):
                              f"start a new run with --out to change it")
     config = dataclasses.replace(config, **given)
     check_values(config, given, config_path)
-    if meta["iteration"] >= config.iterations:
-        raise UsageError(f"--resume {run_dir}: the run is already at iteration {meta['iteration']} of "
-                         f"{config.iterations}; to train longer give --iterations larger than {meta['iteration']}")
-    return config, run_dir, stored
+    return config
 
 
 def data_path(args, stored, run_dir):
@@ -244,7 +279,7 @@ def main(argv=None):
         try:
             comm = launch.start()
         except RuntimeError as exc:  # DistributedError: no mpi4py
-            print(f"error: {exc}", file=sys.stderr)
+            say(f"error: {exc}", file=sys.stderr)
             return 2
         # Ctrl-C and SIGTERM become a stop request that every rank honours after the same iteration.
         stop = StopRequest()
@@ -259,15 +294,16 @@ def main(argv=None):
 
 
 def train(args, comm=None, stop=None):
-    """The run: validate, load, build, write, train; returns the exit status.
+    """The run: validate, load, build, claim the run directory, write, train; returns the exit status.
 
     With ``comm`` (``--distributed``), every rank validates and the ranks agree (the first
-    problem of any rank stops all of them before anything is written); rank 0 alone writes and
-    prints; a failure that only some ranks see stops all ranks through MPI Abort.
+    problem of any rank stops all of them before anything is written); rank 0 alone claims the
+    run directory, writes and prints; a failure that only some ranks see stops all ranks
+    through MPI Abort.
     """
     root = comm.rank == 0 if comm is not None else _launched_rank() == 0  # mpiexec without --distributed: one line
-    say = print if root else (lambda *a, **k: None)
-    trainer, written, agreed = None, False, False
+    show = say if root else (lambda *a, **k: None)  # what rank 0 alone prints
+    trainer, lock, written, agreed = None, None, False, False
     try:
         if comm is None and not args.distributed and _launched_ranks() > 1:
             raise UsageError(f"started as {_launched_ranks()} MPI ranks without --distributed: add --distributed "
@@ -279,11 +315,13 @@ def train(args, comm=None, stop=None):
                              "python -c \"from npsn.data.cifar10 import download_cifar10; download_cifar10('data')\", "
                              "then give --data data")
         # 1. everything that can be checked without the data; nothing is written
-        config, out_dir, stored = build_config(args)
-        if args.resume:
+        environment_threads()
+        config, out_dir, resumed = build_config(args)
+        restart = resumed is not None and not resumed.has_checkpoint  # stopped before its first checkpoint
+        if resumed and resumed.has_checkpoint:
             read_log(os.path.join(out_dir, "log.jsonl"))  # a damaged line other than a torn last one stops here
         backend.check_device(config.device)
-        path = data_path(args, stored, out_dir)
+        path = data_path(args, resumed.stored if resumed else None, out_dir)
         # 2. the data, and the run's state built (and, on resume, its checkpoint loaded and checked)
         images, labels, names, data = load_images(args, path, conditional=bool(config.num_classes))
         if config.num_classes and config.num_classes != len(names):
@@ -291,6 +329,9 @@ def train(args, comm=None, stop=None):
         if config.batch_size > len(images):
             raise UsageError(f"argument --batch-size: {config.batch_size} is more than the {len(images)} "
                              f"training images")
+        if config.eval_every and config.eval_images > len(images):
+            raise UsageError(f"argument --eval-images: {config.eval_images} is more than the {len(images)} training "
+                             f"images SWD compares with; give at most {len(images)}")
         if comm is not None:
             for name in ("batch_size", "g_batch_size"):
                 if getattr(config, name) % comm.size:
@@ -299,17 +340,18 @@ def train(args, comm=None, stop=None):
             placed = launch_place(config.device, comm)
         # Large im2col temporaries: keep freed memory for reuse instead of page-faulting it back each step.
         keep_freed_memory()
+        from_checkpoint = bool(resumed and resumed.has_checkpoint)
         try:
             if comm is None:
-                trainer = Trainer(config, images, out_dir, resume=bool(args.resume), labels=labels, class_names=names)
+                trainer = Trainer(config, images, out_dir, resume=from_checkpoint, labels=labels, class_names=names)
             else:
                 from npsn.distributed.trainer import DistributedTrainer
 
-                trainer = DistributedTrainer(config, images, out_dir, comm, resume=bool(args.resume),
+                trainer = DistributedTrainer(config, images, out_dir, comm, resume=from_checkpoint,
                                              sync_bn=not args.local_bn, stop=stop, labels=labels, class_names=names)
         except (KeyError, ValueError, TypeError) as exc:
             raise UsageError(f"{os.path.join(out_dir, 'checkpoint.npz')} does not fit the run's config.json "
-                             f"({type(exc).__name__}: {fit(exc)}); restore both from a copy") from None
+                             f"({type(exc).__name__}: {one_line(exc)}); restore both from a copy") from None
         if config.eval_every and root:
             from npsn.eval.evaluation import make_evaluator
 
@@ -319,67 +361,95 @@ def train(args, comm=None, stop=None):
             problem = _agree(comm, None)
             if problem:
                 raise UsageError(problem)
-        # 3. everything is valid: write
+        # 3. everything is valid: the run directory becomes this process's (one writer per run), then write
         written = True
+        lock, out_dir = claim(args, out_dir, resumed, comm, root)
+        trainer.out_dir = out_dir  # a new run without --out: the folder claim created
         source = PRESET_SOURCES.get(config.preset, "no preset")
         if root:
-            os.makedirs(out_dir, exist_ok=True)
             for tmp in stale_temp_files(out_dir):
                 os.remove(tmp)
-                print(f"note: removed {tmp} (a partial checkpoint left by a process killed during a save)",
-                      file=sys.stderr)
+                say(f"note: removed {tmp} (a partial checkpoint left by a process killed during a save)",
+                    file=sys.stderr)
             write_json_atomic(os.path.join(out_dir, "config.json"), dict(dataclasses.asdict(config), data=data,
                                                                          source=source))
         kind = f"class-conditional ({config.num_classes} classes) " if config.num_classes else ""
-        say(f"npsn: {'resuming' if args.resume else 'training'} {kind}{config.model} on {len(images)} CIFAR-10 "
-            f"images ({data}), device {config.device}, run dir {out_dir}")
+        show(f"npsn: {'resuming' if from_checkpoint else 'training'} {kind}{config.model} on {len(images)} CIFAR-10 "
+             f"images ({data}), device {config.device}, run dir {out_dir}")
         if comm is not None:
-            say(f"data-parallel: {comm.name}, global batch {config.batch_size} = {comm.size} x "
-                f"{config.batch_size // comm.size}, G's BatchNorm {'per rank' if args.local_bn else 'synchronized'}; "
-                f"rank 0: {placed}")
-        say(f"preset {config.preset or '(none)'}: {source}")
-        say("settings: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(config).items()))
-        if args.resume:
-            say(f"resuming from iteration {trainer.iteration} of {config.iterations}")
+            show(f"data-parallel: {comm.name}, global batch {config.batch_size} = {comm.size} x "
+                 f"{config.batch_size // comm.size}, G's BatchNorm {'per rank' if args.local_bn else 'synchronized'}; "
+                 f"rank 0: {placed}")
+        show(f"preset {preset_description(config)}")
+        show("settings: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(config).items()))
+        if from_checkpoint:
+            show(f"resuming from iteration {trainer.iteration} of {config.iterations}")
+        elif restart:
+            show(f"no checkpoint in {out_dir} (the run stopped before its first one): starting it again from "
+                 f"iteration 0 with its recorded settings; its log starts again")
         loss_d, loss_g = trainer.run()
-    except (UsageError, RunDirError, CIFAR10Error, backend.DeviceError) as exc:
+    except (UsageError, RunDirError, CIFAR10Error, backend.DeviceError, ThreadsError) as exc:
         message = str(exc)
         if comm is not None and not agreed:
             message = _agree(comm, message)
         if root:
-            print(f"error: {message}", file=sys.stderr)
+            say(f"error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # with --distributed: RanksStopped, raised on every rank after the same iteration
         if not root:
             pass
         elif trainer is None or not written:
-            print("\ninterrupted before training started; nothing was written", file=sys.stderr)
+            say("\ninterrupted before training started; nothing was written", file=sys.stderr)
         elif trainer.saved_iteration == trainer.iteration:
-            print(f"\ninterrupted at iteration {trainer.iteration}; checkpoint written. "
-                  f"Continue with: {_command(comm)} --resume {out_dir}", file=sys.stderr)
+            say(f"\ninterrupted at iteration {trainer.iteration}; checkpoint written. "
+                f"Continue with: {_command(comm)} --resume {out_dir}", file=sys.stderr)
         else:
-            print(f"\ninterrupted at iteration {trainer.iteration} before its checkpoint was complete; "
-                  f"{last_good(trainer)}", file=sys.stderr)
+            say(f"\ninterrupted at iteration {trainer.iteration} before its checkpoint was complete; "
+                f"{last_good(trainer)}; {how_to_continue(out_dir, _command(comm))}", file=sys.stderr)
         return 130
     except TrainingDiverged as exc:  # with --distributed: the global losses and parameters, so on every rank
         if root:
-            print(f"\nerror: training stopped: {exc}. {last_good(trainer)[0].upper()}{last_good(trainer)[1:]}",
-                  file=sys.stderr)
+            say(f"\nerror: training stopped: {exc}. {last_good(trainer)[0].upper()}{last_good(trainer)[1:]}",
+                file=sys.stderr)
         return 1
     except MemoryError:
-        print(f"\nerror: {_rank(comm)}out of memory with --batch-size {config.batch_size} ({config.model}); "
-              f"try a smaller --batch-size" + (f"; {last_good(trainer)}" if trainer else ""), file=sys.stderr)
+        say(f"\nerror: {_rank(comm)}out of memory with --batch-size {config.batch_size} ({config.model}); "
+            f"try a smaller --batch-size in a new run (with a new --out: a run's batch size is fixed)"
+            + (f"; {last_good(trainer)}" if trainer else ""), file=sys.stderr)
         return _stop_all(comm, 1)
-    except OSError as exc:
+    except OSError as exc:  # a file of the run (a closed stdout is not one: say() drops what it cannot print)
         where = f" at iteration {trainer.iteration}" if trainer else ""
-        reason = f"{exc.strerror}: {exc.filename}" if exc.strerror and exc.filename else fit(exc)
-        print(f"\nerror: {_rank(comm)}a write failed{where} ({reason}); training stopped, "
-              f"{last_good(trainer) if trainer else ''}{'; ' if trainer else ''}free space (or fix the folder), "
-              f"then continue with: {_command(comm)} --resume {out_dir}", file=sys.stderr)
+        reason = f"{exc.strerror}: {exc.filename}" if exc.strerror and exc.filename else one_line(exc)
+        say(f"\nerror: {_rank(comm)}a write failed{where} ({reason}); training stopped, "
+            f"{last_good(trainer) + '; ' if trainer else ''}free space (or fix the folder), then "
+            f"{how_to_continue(out_dir, _command(comm))}", file=sys.stderr)
         return _stop_all(comm, 1)
-    say(f"done: iteration {trainer.iteration}, loss_d {loss_d:.4f}, loss_g {loss_g:.4f}; "
-        f"samples and checkpoint in {out_dir}")
+    finally:
+        if lock is not None:
+            lock.release()
+    show(f"done: iteration {trainer.iteration}, loss_d {loss_d:.4f}, loss_g {loss_g:.4f}; "
+         f"samples and checkpoint in {out_dir}")
     return 0
+
+
+def claim(args, out_dir, resumed, comm, root):
+    """``(lock, run directory)``: rank 0 (or the one process) takes the run directory
+    (:func:`~npsn.gan.rundir.claim_run_dir`; without --out, a new folder from
+    :func:`~npsn.gan.rundir.new_run_dir`); with ``comm``, every rank learns the folder, or rank 0's
+    refusal (a UsageError on every rank). Other ranks get no lock (None)."""
+    lock, problem = None, None
+    if root:
+        try:
+            if not args.resume and not args.out:
+                out_dir = new_run_dir(out_dir)
+            lock = claim_run_dir(out_dir, "--resume" if args.resume else "--out", resumed.state if resumed else None)
+        except RunDirError as exc:
+            problem = str(exc)
+    if comm is not None:
+        problem, out_dir = comm.bcast_obj((problem, out_dir))
+    if problem:
+        raise UsageError(problem)
+    return lock, out_dir
 
 
 # ---------------------------------------------------------------- --distributed (npsn.distributed.launch)
@@ -420,10 +490,12 @@ def _command(comm):
 def _stop_all(comm, code):
     """``code``; with --distributed, a failure other ranks did not see: stop them all now (MPI Abort)."""
     if comm is not None:
-        print(f"error: {_rank(comm)}stopping all {comm.size} ranks", file=sys.stderr)
+        say(f"error: {_rank(comm)}stopping all {comm.size} ranks", file=sys.stderr)
         comm.abort(code)
     return code
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    flush_at_exit()
+    sys.exit(code)

@@ -292,12 +292,20 @@ def test_download_with_wrong_md5_leaves_nothing(tmp_path):
     root = tmp_path / "data"
     with pytest.raises(CIFAR10Error, match=f"expected {'0' * 32}, got {md5}"):
         download_cifar10(root, url=url, md5="0" * 32, progress=False)
-    assert os.listdir(root) == []
+    assert not root.exists()  # nor the folder it created
 
 
 def test_download_of_missing_url_leaves_nothing(tmp_path):
     root = tmp_path / "data"
     with pytest.raises(CIFAR10Error, match="failed"):
+        download_cifar10(root, url="file://" + str(tmp_path / "absent.tar.gz"), md5=None, progress=False)
+    assert not root.exists()  # nor the folder it created
+
+
+def test_a_failed_download_keeps_a_folder_that_was_there(tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    with pytest.raises(CIFAR10Error, match="pass --data PATH"):
         download_cifar10(root, url="file://" + str(tmp_path / "absent.tar.gz"), md5=None, progress=False)
     assert os.listdir(root) == []
 

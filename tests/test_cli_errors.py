@@ -51,10 +51,29 @@ def good_run(archive, tmp_path_factory):
     return run
 
 
+@pytest.fixture(scope="module")
+def conditional_run(archive, tmp_path_factory):
+    """A finished 1-iteration class-conditional run."""
+    run = str(tmp_path_factory.mktemp("conditional") / "run")
+    assert run_main("train_cifar.py", "--data", archive, *TINY, "--iterations", "1", "--conditional", "--out", run) == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def classifier_run(archive, tmp_path_factory):
+    """A 1-epoch classifier of widths 4, 8, 8."""
+    run = str(tmp_path_factory.mktemp("classifier") / "run")
+    assert run_main("train_classifier.py", *[a.format(archive=archive, tmp="") for a in CLASSIFIER_NEW[:-1]], run) == 0
+    return run
+
+
 @pytest.fixture
-def workspace(good_run, tmp_path):
-    """tmp_path with a copy of the good run as RUN, and a plain file FILE."""
+def workspace(good_run, conditional_run, classifier_run, tmp_path):
+    """tmp_path with copies of the good run as RUN, of the conditional run as COND and of the classifier as CLS,
+    and a plain file FILE."""
     shutil.copytree(good_run, tmp_path / "RUN")
+    shutil.copytree(conditional_run, tmp_path / "COND")
+    shutil.copytree(classifier_run, tmp_path / "CLS")
     (tmp_path / "FILE").write_text("not a run\n")
     return tmp_path
 
@@ -99,6 +118,27 @@ def drop_one_array(arrays):
     del arrays[sorted(k for k in arrays if k.startswith("D/"))[0]]
 
 
+def reshape_one_array(arrays):
+    key = sorted(k for k in arrays if k.startswith("G/") and arrays[k].ndim == 4)[0]
+    arrays[key] = arrays[key][:, :-1]
+
+
+def remove_all_but_the_lock(run):
+    """What a run leaves when it dies right after taking its folder: the lock file alone."""
+    for name in os.listdir(run):
+        if name != ".lock":
+            os.remove(os.path.join(run, name))
+
+
+def edit_classifier_widths(run, widths):
+    """Rewrite the classifier checkpoint's recorded widths (its arrays unchanged)."""
+    from npsn.gan.checkpoint import save_checkpoint
+    path = os.path.join(run, "checkpoint.npz")
+    arrays, meta = load_checkpoint(path)
+    meta["config"]["widths"] = widths
+    save_checkpoint(path, arrays, meta)
+
+
 def float64_weights(arrays):
     for k in [k for k in arrays if k.startswith("G/") and arrays[k].dtype == np.float32]:
         arrays[k] = arrays[k].astype(np.float64)
@@ -139,7 +179,7 @@ CASES = [
     ("resume: conditional", RESUME + ["--conditional"], None, "--conditional: the run"),
     ("resume: already finished", ["--resume", "{tmp}/RUN"], None, "already at iteration 2 of 2"),
     ("resume: no such dir", ["--resume", "{tmp}/NOPE"], None, "no such run directory"),
-    ("resume: not a run", ["--resume", "{tmp}"], None, "no checkpoint.npz there"),
+    ("resume: not a run", ["--resume", "{tmp}"], None, "no config.json there"),
     ("truncated checkpoint", RESUME, lambda run, a: truncate(os.path.join(run, "checkpoint.npz")),
      "checkpoint.npz is damaged"),
     ("random-bytes checkpoint", RESUME,
@@ -163,6 +203,17 @@ CASES = [
      overwrite(os.path.join(run, "log.jsonl"), b'{"iteration": 3}\n', "ab"), "line 3 is damaged"),
     ("data moved", RESUME, lambda run, a: edit_config(run, data="/nonexistent/cifar-10-python.tar.gz"),
      "give --data PATH"),
+    ("config.json data a number", RESUME, lambda run, a: edit_config(run, data=5), "data=5, which is not text"),
+    ("config.json source a list", RESUME, lambda run, a: edit_config(run, source=[1]), "source=[1], which is not text"),
+    ("resume: the run wrote nothing", RESUME, lambda run, a: remove_all_but_the_lock(run), "start it again with --out"),
+    ("resume without checkpoint: other width", RESUME + ["--d-ch", "16"],
+     lambda run, a: os.remove(os.path.join(run, "checkpoint.npz")), "d_ch=8"),
+    ("resume without checkpoint: bad config.json", RESUME,
+     lambda run, a: os.remove(os.path.join(run, "checkpoint.npz")) or edit_config(run, lr="fast"),
+     "lr must be a finite float"),
+    ("--no-sn with --sn-mode", NEW + ["--no-sn", "--sn-mode", "operator"], None, "--no-sn turns that off"),
+    ("eval-images above the data", NEW + ["--eval-every", "2", "--eval-images", "60000"], None,
+     "60000 is more than the 100 training images SWD compares with; give at most 100"),
     ("no data location", RESUME, lambda run, a: edit_config(run, data=None), "give --data PATH"),
     ("missing data", NEW + ["--data", "{tmp}/missing.tar.gz"], None, "missing.tar.gz"),
 ]
@@ -402,11 +453,48 @@ CLASSIFIER_CASES = [
     ("evaluate: a GAN run as classifier", "evaluate.py", EVALUATE + ["--classifier", "{tmp}/RUN"],
      "not an npsn classifier checkpoint"),
     ("evaluate: a damaged classifier", "evaluate.py", EVALUATE + ["--classifier", "{tmp}/FILE"], "cannot read the classifier"),
+    ("evaluate: a classifier of width 4.5", "evaluate.py", EVALUATE + ["--classifier", "{tmp}/CLS-4.5"],
+     "its configuration is damaged (widths [4.5, 8, 8]"),
+    ("evaluate: a classifier of width '8'", "evaluate.py", EVALUATE + ["--classifier", "{tmp}/CLS-'8'"],
+     "its configuration is damaged (widths [4, '8', 8]"),
+    ("resume a classifier of width 4.5", "train_classifier.py", ["--resume", "{tmp}/CLS-json-4.5"],
+     "--widths needs three positive channel counts"),
+    ("classifier config.json data a number", "train_classifier.py", ["--resume", "{tmp}/CLS-data"],
+     "data must be the path of the training data, got 5"),
+    ("sample: --class ²", "sample.py", ["{tmp}/COND", "--class", "²", "--out", "{tmp}/NEW.png"],
+     "--class ²: not a class of the run"),
+    ("sample: --class 10", "sample.py", ["{tmp}/COND", "--class", "10", "--out", "{tmp}/NEW.png"],
+     "the run has 10 classes, 0..9"),
+    ("sample: a wrong-shaped array", "sample.py", ["{tmp}/RUN-reshaped", "--out", "{tmp}/NEW.png"],
+     "its arrays do not fit its configuration (ValueError"),
+    ("sample: a missing array", "sample.py", ["{tmp}/RUN-dropped", "--out", "{tmp}/NEW.png"],
+     "its arrays do not fit its configuration (KeyError"),
+    ("sample: too many images for a grid", "sample.py", ["{tmp}/RUN", "--n", "5000000", "--out", "{tmp}/NEW.png"],
+     "a .png grid holds at most 10,000 images"),
+    ("sample: too many rows for a grid", "sample.py", ["{tmp}/COND", "--grid", "--nrow", "1001", "--out", "{tmp}/NEW.png"],
+     "give --nrow 1000 or less"),
+    ("plot_run: plots is a file", "plot_run.py", ["{tmp}/RUN-plots-file"], "a file of that name exists"),
+    ("plot_run: --out a file", "plot_run.py", ["{tmp}/RUN", "--out", "{tmp}/FILE"], "--out"),
 ]
+
+# Damaged copies the cases above use, made in their workspace.
+VARIANTS = {
+    "CLS-4.5": ("CLS", lambda run: edit_classifier_widths(run, [4.5, 8, 8])),
+    "CLS-'8'": ("CLS", lambda run: edit_classifier_widths(run, [4, "8", 8])),
+    "CLS-json-4.5": ("CLS", lambda run: edit_config(run, widths=[4.5, 8, 8])),
+    "CLS-data": ("CLS", lambda run: edit_config(run, data=5)),
+    "RUN-reshaped": ("RUN", lambda run: rewrite_checkpoint(run, reshape_one_array)),
+    "RUN-dropped": ("RUN", lambda run: rewrite_checkpoint(run, drop_one_array)),
+    "RUN-plots-file": ("RUN", lambda run: overwrite(os.path.join(run, "plots"), b"not a folder")),
+}
 
 
 @pytest.mark.parametrize("case, script, argv, expected", CLASSIFIER_CASES, ids=[c[0] for c in CLASSIFIER_CASES])
 def test_classifier_bad_input_is_one_line_and_changes_nothing(case, script, argv, expected, workspace, archive, capsys):
+    for name, (source, damage) in VARIANTS.items():
+        if any(f"{{tmp}}/{name}" in a for a in argv):
+            shutil.copytree(workspace / source, workspace / name)
+            damage(str(workspace / name))
     before = snapshot(workspace)
     argv = [a.format(tmp=workspace, archive=archive) for a in argv]
     capsys.readouterr()
@@ -416,3 +504,80 @@ def test_classifier_bad_input_is_one_line_and_changes_nothing(case, script, argv
     assert err.count("\n") == 1 and err.endswith("\n"), err
     assert "Traceback" not in err and expected in err, err
     assert snapshot(workspace) == before  # RUN byte for byte, and NEW never created
+
+
+# --- NPSN_NUM_THREADS: checked by every script before it reads or writes anything ---------------------------
+
+THREAD_CASES = [
+    ("train_cifar.py", NEW),
+    ("train_cifar.py", RESUME),
+    ("train_classifier.py", CLASSIFIER_NEW),
+    ("sample.py", ["{tmp}/RUN", "--n", "4", "--out", "{tmp}/NEW.png"]),
+    ("evaluate.py", EVALUATE),
+    ("toy_2d.py", ["--dataset", "ring", "--seeds", "1", "--iterations", "2", "--out", "{tmp}/NEW"]),
+]
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-2", "1.5", "²"])
+@pytest.mark.parametrize("script, argv", THREAD_CASES, ids=[f"{s}-{i}" for i, (s, _) in enumerate(THREAD_CASES)])
+def test_a_bad_thread_count_is_one_line_and_changes_nothing(script, argv, value, workspace, archive, capsys,
+                                                           monkeypatch):
+    monkeypatch.setenv("NPSN_NUM_THREADS", value)
+    before = snapshot(workspace)
+    argv = [a.format(tmp=workspace, archive=archive) for a in argv]
+    capsys.readouterr()
+    assert run_main(script, *argv) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: NPSN_NUM_THREADS={value}: give a whole number of host threads, at least 1 (or leave it " \
+                  f"unset: one per CPU)\n", err
+    assert snapshot(workspace) == before
+
+
+# --- documented behaviours of the other scripts -----------------------------------------------------------------
+
+def test_download_without_a_network_leaves_no_folder_and_names_data_path(archive, tmp_path, monkeypatch, capsys):
+    import urllib.error
+    import urllib.request
+
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    monkeypatch.chdir(tmp_path)
+    code = run_main("train_cifar.py", "--download", *TINY, "--iterations", "1", "--out", "run")
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Temporary failure" in err and "--data PATH" in err, err
+    assert os.listdir(tmp_path) == []  # neither ./data nor the run
+
+
+def test_plot_run_writes_where_out_says(good_run, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    out = str(tmp_path / "a" / "plots")
+    assert run_main("plot_run.py", good_run, "--out", out) == 0
+    assert "losses.png" in os.listdir(out) and not os.path.exists(os.path.join(good_run, "plots"))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into a read-only folder")
+def test_plot_run_on_a_read_only_run_is_one_line(workspace, capsys):
+    run = workspace / "RUN"
+    os.chmod(run, 0o555)
+    try:
+        assert run_main("plot_run.py", str(run)) == 2
+    finally:
+        os.chmod(run, 0o755)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a writable folder" in err and "--out DIR" in err, err
+
+
+def test_evaluate_shows_each_step(good_run, archive, tmp_path, capsys):
+    assert run_main("evaluate.py", good_run, "--data", archive, "--n", "8", "--out", str(tmp_path / "e.json")) == 0
+    err = capsys.readouterr().err
+    assert "evaluate: generating 8 images" in err and "evaluate: SWD of 8 generated vs 8 real images" in err, err
+
+
+def test_the_header_says_which_of_the_presets_model_and_loss_were_replaced(archive, tmp_path, capsys):
+    assert run_main("train_cifar.py", "--data", archive, *TINY, "--iterations", "1", "--loss", "wasserstein",
+                    "--out", str(tmp_path / "run")) == 0
+    line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("preset ")][0]
+    assert line.startswith("preset cnn: ") and line.endswith("(this run replaces the preset's loss hinge with "
+                                                             "wasserstein)"), line

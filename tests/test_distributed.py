@@ -39,9 +39,9 @@ def environment():
     return env
 
 
-def launch(*argv, ranks=2, check=True):
-    """``mpiexec -n ranks python argv...``; returns the CompletedProcess (stdout and stderr as text)."""
-    done = subprocess.run([MPIEXEC, "-n", str(ranks), sys.executable, *argv], env=environment(), cwd=ROOT,
+def launch(*argv, ranks=2, check=True, cwd=ROOT):
+    """``mpiexec -n ranks python argv...`` in ``cwd``; returns the CompletedProcess (stdout and stderr as text)."""
+    done = subprocess.run([MPIEXEC, "-n", str(ranks), sys.executable, *argv], env=environment(), cwd=cwd,
                           capture_output=True, text=True, timeout=TIMEOUT)
     if check and done.returncode != 0:
         raise AssertionError(f"exit {done.returncode}\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
@@ -191,6 +191,26 @@ def test_script_refuses_in_one_line_before_writing(archive, tmp_path, options, m
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: " + message), done.stderr
     assert not out.exists()
+
+
+def test_without_out_rank_0_names_the_run_for_every_rank(archive, tmp_path):
+    launch(SCRIPT, "--distributed", "--data", archive, *TINY, "--iterations", "2", cwd=str(tmp_path))
+    runs = os.listdir(tmp_path / "runs")
+    assert len(runs) == 1 and [r["iteration"] for r in log(tmp_path / "runs" / runs[0])] == [1, 2]
+
+
+def test_a_run_the_ranks_train_refuses_a_second_process(archive, tmp_path, capsys):
+    from script_runner import run_main
+    out = str(tmp_path / "run")
+    process = _start_long_run(archive, out)
+    try:
+        rank_0 = int(open(os.path.join(out, ".lock")).read())  # rank 0 holds the run's lock
+        assert run_main("train_cifar.py", "--resume", out, "--iterations", "5") == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"another process (pid {rank_0}) is training this run" in err, err
+    finally:
+        os.kill(rank_0, signal.SIGTERM)  # every rank stops after the same iteration
+        process.communicate(timeout=TIMEOUT)
 
 
 def _start_long_run(archive, out):

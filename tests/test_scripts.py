@@ -99,7 +99,7 @@ def test_plot_run_without_matplotlib_says_how_to_install_it(runs, monkeypatch, c
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` raise ImportError
     assert run_main("plot_run.py", runs[1]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "pip install npsn[plot]" in err
+    assert err.count("\n") == 1 and "pip install -e '.[plot]'" in err
 
 
 def test_sample_writes_a_png_grid_and_an_npz(runs, tmp_path):

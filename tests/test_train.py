@@ -50,7 +50,7 @@ def test_a_few_iterations_write_every_file(archive, tmp_path, model):
     code = run_script("--data", archive, "--model", model, "--iterations", "4", *TINY, "--out", out,
                       "--log-every", "2", "--sample-every", "2", "--checkpoint-every", "2", "--n-dis", "1")
     assert code == 0
-    assert sorted(os.listdir(out)) == ["checkpoint.npz", "config.json", "log.jsonl", "samples_000001.png",
+    assert sorted(os.listdir(out)) == [".lock", "checkpoint.npz", "config.json", "log.jsonl", "samples_000001.png",
                                        "samples_000002.png", "samples_000004.png", "samples_final.png"]
     log = read_log(out)
     assert [r["iteration"] for r in log] == [2, 4]

@@ -19,7 +19,9 @@ Either way the result is the same for any split, because every output element is
 exactly one call, in the same way.
 
 Threads: :func:`num_threads`, by default the CPUs this process may run on, or the
-``NPSN_NUM_THREADS`` environment variable; :func:`set_num_threads` changes it (1: no pool).
+``NPSN_NUM_THREADS`` environment variable (a whole number, at least 1; anything else is a
+:class:`ThreadsError`, which the scripts check before they write anything:
+:func:`environment_threads`); :func:`set_num_threads` changes it (1: no pool).
 A split started from inside a split (e.g. an elementwise function calling another) runs on
 its own thread, never waiting on the pool it is part of.
 
@@ -47,10 +49,36 @@ _pool = None
 _inside = threading.local()  # per thread: .active (running one slice of a split), .scratch (its scratch memory)
 
 
+class ThreadsError(ValueError):
+    """``NPSN_NUM_THREADS`` is not a whole number of threads, at least 1 (a one-line message)."""
+
+
+def environment_threads():
+    """The number of host threads ``NPSN_NUM_THREADS`` asks for; None when it is unset or empty.
+
+    >>> os.environ["NPSN_NUM_THREADS"] = "0"
+    >>> environment_threads()
+    Traceback (most recent call last):
+    ...
+    npsn.utils.threads.ThreadsError: NPSN_NUM_THREADS=0: give a whole number of host threads, at least 1 (or leave it unset: one per CPU)
+    >>> del os.environ["NPSN_NUM_THREADS"]
+
+    Raises:
+        ThreadsError: anything but a whole number of at least 1 ("abc", "0", "-2", "1.5", "²").
+    """
+    value = os.environ.get("NPSN_NUM_THREADS", "").strip()
+    if not value:
+        return None
+    if not (value.isascii() and value.isdecimal()) or int(value) < 1:
+        raise ThreadsError(f"NPSN_NUM_THREADS={value}: give a whole number of host threads, at least 1 "
+                           f"(or leave it unset: one per CPU)")
+    return int(value)
+
+
 def _default_num_threads():
-    value = os.environ.get("NPSN_NUM_THREADS")
-    if value:
-        return max(1, int(value))
+    requested = environment_threads()
+    if requested is not None:
+        return requested
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux

@@ -317,7 +317,8 @@ def download_cifar10(root="./data", url=OFFICIAL_URL, md5=OFFICIAL_MD5, progress
     The file is streamed in 1 MiB chunks into a temporary file in ``root`` while its md5 is
     computed; on a match the temporary file is atomically renamed (``os.replace``) to the
     final name, so a partial download never sits under the final name. On an md5 mismatch,
-    any error, or ``KeyboardInterrupt``, the temporary file is deleted. If the final file
+    any error, or ``KeyboardInterrupt``, the temporary file is deleted, and so are the folders
+    of ``root`` this call created (no empty ``./data`` is left behind). If the final file
     already exists with the right md5 nothing is downloaded. Only a download is checked
     against the md5 (``md5=None`` skips the check); :func:`load_cifar10` does not check it.
 
@@ -328,6 +329,7 @@ def download_cifar10(root="./data", url=OFFICIAL_URL, md5=OFFICIAL_MD5, progress
         progress: print a progress bar (bytes, percent, MB/s) on stderr.
     """
     root = os.fspath(root)
+    created = _missing_folders(root)
     os.makedirs(root, exist_ok=True)
     final = os.path.join(root, ARCHIVE_NAME)
     if os.path.isfile(final) and md5 is not None:
@@ -369,19 +371,36 @@ def download_cifar10(root="./data", url=OFFICIAL_URL, md5=OFFICIAL_MD5, progress
         os.chmod(tmp.name, 0o644)  # NamedTemporaryFile creates it 0600
         os.replace(tmp.name, final)
     except (urllib.error.URLError, OSError) as exc:
-        _remove_quietly(tmp.name)
-        raise CIFAR10Error(f"download of {url} to {final} failed ({type(exc).__name__}: {exc})") from None
+        _remove_quietly(tmp.name, created)
+        raise CIFAR10Error(f"download of {url} to {final} failed ({type(exc).__name__}: {exc}); check the "
+                           f"network, or download {ARCHIVE_NAME} another way and pass --data PATH (the archive, "
+                           f"or the folder holding it)") from None
     except BaseException:  # CIFAR10Error, KeyboardInterrupt, ...: never leave the temporary file
-        _remove_quietly(tmp.name)
+        _remove_quietly(tmp.name, created)
         raise
     return final
 
 
-def _remove_quietly(file):
+def _missing_folders(root):
+    """The folders of the path ``root`` that do not exist yet, ``root`` first, then its parents."""
+    missing, folder = [], os.path.abspath(root)
+    while not os.path.exists(folder):
+        missing.append(folder)
+        folder = os.path.dirname(folder)
+    return missing
+
+
+def _remove_quietly(file, folders=()):
+    """Remove ``file``, then each of ``folders`` (deepest first) that is empty; what is not there is skipped."""
     try:
         os.remove(file)
     except FileNotFoundError:
         pass
+    for folder in folders:
+        try:
+            os.rmdir(folder)
+        except OSError:  # not empty (someone else's files), or gone
+            break
 
 
 # ---------------------------------------------------------------------------------------------

@@ -37,6 +37,16 @@ CHECKPOINT_KIND = "npsn-cifar10-classifier"
 INFERENCE_CHUNK = 500  # images per forward in features / predict
 
 
+def is_count(value, low=1):
+    """``value`` is an integer (not a bool) of at least ``low``: a width, a number of classes or of epochs."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def valid_widths(widths):
+    """``widths`` are three channel counts, each a positive integer (what :class:`Classifier` builds)."""
+    return isinstance(widths, (list, tuple)) and len(widths) == 3 and all(is_count(w) for w in widths)
+
+
 def _conv_bn_relu(c_in, c_out, rng):
     return [Conv2d(c_in, c_out, 3, padding=1, bias=False, rng=rng), BatchNorm2d(c_out), ReLU()]
 
@@ -178,10 +188,16 @@ def load_classifier(path, device="cpu"):
         raise ClassifierError(f"{checkpoint} is not an npsn classifier checkpoint (a GAN run?); "
                               f"pass the classifier's folder, or {HOW_TO_TRAIN}")
     config = meta.get("config", {})
-    net = Classifier(widths=config.get("widths", DEFAULT_WIDTHS), num_classes=config.get("num_classes", NUM_CLASSES))
+    widths = config.get("widths", DEFAULT_WIDTHS) if isinstance(config, dict) else None
+    num_classes = config.get("num_classes", NUM_CLASSES) if isinstance(config, dict) else None
+    if not valid_widths(widths) or not is_count(num_classes, 2):
+        raise ClassifierError(f"{checkpoint}: its configuration is damaged (widths {widths!r}, num_classes "
+                              f"{num_classes!r}: three positive integers and one of at least 2 expected); "
+                              f"retrain it ({HOW_TO_TRAIN})")
+    net = Classifier(widths=tuple(widths), num_classes=num_classes)
     try:
         net.load_state_dict(unflatten("model", arrays))
-    except (KeyError, ValueError) as exc:
+    except (KeyError, ValueError, TypeError) as exc:
         raise ClassifierError(f"{checkpoint}: its weights do not match its configuration ({exc}); "
                               f"retrain it ({HOW_TO_TRAIN})") from None
     return net.to(device).eval(), meta

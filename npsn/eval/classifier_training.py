@@ -20,6 +20,7 @@ Invariant of a run folder between epochs: ``checkpoint.npz`` holds the state aft
 """
 import dataclasses
 import json
+import math
 import os
 import time
 
@@ -27,7 +28,8 @@ import numpy as np
 
 from npsn.data.cifar10 import MinibatchStream
 from npsn.data.pixels import pixels_to_unit
-from npsn.eval.classifier import CHECKPOINT_KIND, DEFAULT_WIDTHS, NUM_CLASSES, Classifier, cross_entropy
+from npsn.eval.classifier import (CHECKPOINT_KIND, DEFAULT_WIDTHS, NUM_CLASSES, Classifier, cross_entropy, is_count,
+                                  valid_widths)
 from npsn.gan.checkpoint import flatten, save_checkpoint, unflatten
 from npsn.optim import SGD
 from npsn.utils.progress import ProgressBar
@@ -50,23 +52,31 @@ class ClassifierConfig:
     data: str = ""  # the absolute path of the CIFAR-10 archive or folder
 
     def problems(self):
-        """One-line messages for the values that cannot train (empty when all are valid)."""
+        """One-line messages for the values that cannot train, of the wrong type or out of range (empty when all
+        are valid; a run's config.json is checked with them too)."""
         out = []
         for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                out.append(f"--{name.replace('_', '-')} must be at least 1")
-        if not self.lr > 0:
+            if not is_count(getattr(self, name)):
+                out.append(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)!r}")
+        numbers = {name: getattr(self, name) for name in ("lr", "warmup", "momentum", "weight_decay")}
+        wrong = [name for name, value in numbers.items() if not _is_number(value)]
+        out += [f"--{name.replace('_', '-')} must be a finite number, got {numbers[name]!r}" for name in wrong]
+        if "lr" not in wrong and not self.lr > 0:
             out.append("--lr must be positive")
-        if not 0 <= self.warmup < 1:
+        if "warmup" not in wrong and not 0 <= self.warmup < 1:
             out.append("--warmup must be in [0, 1)")
-        if not 0 <= self.momentum < 1:
+        if "momentum" not in wrong and not 0 <= self.momentum < 1:
             out.append("--momentum must be in [0, 1)")
-        if not self.weight_decay >= 0:
+        if "weight_decay" not in wrong and not self.weight_decay >= 0:
             out.append("--weight-decay must be at least 0")
-        if len(self.widths) != 3 or min(self.widths) < 1:
-            out.append("--widths needs three positive channel counts, e.g. 32,64,128")
-        if self.seed < 0:
-            out.append("--seed must be at least 0")
+        if not valid_widths(self.widths):
+            out.append(f"--widths needs three positive channel counts, e.g. 32,64,128 (got {self.widths!r})")
+        if not is_count(self.num_classes, 2):
+            out.append(f"num_classes must be an integer of at least 2, got {self.num_classes!r}")
+        if not is_count(self.seed, 0):
+            out.append(f"--seed must be at least 0, got {self.seed!r}")
+        if not isinstance(self.data, str):
+            out.append(f"data must be the path of the training data, got {self.data!r}")
         return out
 
     def to_json(self):
@@ -76,9 +86,15 @@ class ClassifierConfig:
 
     @classmethod
     def from_json(cls, values):
+        """The config of a dict (a run's config.json); check it with :meth:`problems`."""
         values = dict(values)
-        values["widths"] = tuple(values.get("widths", DEFAULT_WIDTHS))
+        widths = values.get("widths", DEFAULT_WIDTHS)
+        values["widths"] = tuple(widths) if isinstance(widths, list) else widths
         return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values})
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def one_cycle_lr(step, total_steps, peak, warmup):

@@ -14,6 +14,7 @@ exactly the losses of the same run without it, and resuming stays exact.
 ``scripts/sample.py``).
 """
 import os
+import time
 
 import numpy as np
 
@@ -26,10 +27,13 @@ from npsn.eval.spectral import (
     spectral_report,
 )
 from npsn.eval.swd import sliced_wasserstein
-from npsn.gan.checkpoint import load_checkpoint, unflatten
+from npsn.gan.checkpoint import load_checkpoint, load_modules
 from npsn.gan.models import gan_from_config, sample_latent
+from npsn.utils.console import one_line
+from npsn.utils.progress import ProgressBar
 
 GENERATION_CHUNK = 250  # images generated per forward of G
+PROGRESS_ABOVE = 1000  # images: generating fewer takes a few seconds, with no progress line
 GRADIENT_BATCH = 64  # real and generated images for the gradient-norm estimate
 
 
@@ -55,9 +59,10 @@ def class_names(meta, k):
     return list(CIFAR10_CLASSES[:k]) + [str(i) for i in range(len(CIFAR10_CLASSES), k)]
 
 
-def generate(G, z, chunk=GENERATION_CHUNK, labels=None):
+def generate(G, z, chunk=GENERATION_CHUNK, labels=None, progress=False):
     """G(z), or G(z, labels) for a class-conditional G, in eval mode, ``chunk`` rows at a time,
-    restoring G's previous mode.
+    restoring G's previous mode; with ``progress``, a progress line on stderr for more than
+    ``PROGRESS_ABOVE`` images.
 
     Args:
         G: a generator mapping z (N, z_dim) (and classes (N,)) to NCHW images.
@@ -74,14 +79,22 @@ def generate(G, z, chunk=GENERATION_CHUNK, labels=None):
         raise ValueError("labels given to an unconditional generator")
     if k and labels is None:
         labels = cycle_labels(z.shape[0], k, xp)
+    n = z.shape[0]
+    bar = ProgressBar(n) if progress and n > PROGRESS_ABOVE else None
     was_training = G.training
     G.eval()
+    parts, t0 = [], time.perf_counter()
     try:
-        if not k:
-            return xp.concatenate([G(z[i:i + chunk]) for i in range(0, z.shape[0], chunk)])
-        return xp.concatenate([G(z[i:i + chunk], labels[i:i + chunk]) for i in range(0, z.shape[0], chunk)])
+        for i in range(0, n, chunk):
+            parts.append(G(z[i:i + chunk]) if not k else G(z[i:i + chunk], labels[i:i + chunk]))
+            if bar:
+                done = min(i + chunk, n)
+                bar.update(done, done / max(time.perf_counter() - t0, 1e-9), force=done == n)
     finally:
         G.train(was_training)
+        if bar:
+            bar.close()
+    return xp.concatenate(parts)
 
 
 def real_subset(images, n, seed):
@@ -201,15 +214,20 @@ def load_run(path, device="cpu"):
         ``(config dict, G, D, meta)``. The configuration is the one stored in the checkpoint's
         metadata (it always matches the saved weights; ``config.json`` holds the same values).
     Raises:
-        RunError: missing path, missing checkpoint, or a checkpoint that cannot be read.
+        RunError: missing path, missing checkpoint, a checkpoint that cannot be read, or one whose
+            arrays do not fit its configuration (the keys, shapes and dtypes ``--resume`` checks:
+            :func:`~npsn.gan.checkpoint.load_modules`).
     """
     checkpoint = find_checkpoint(path)
     try:
         arrays, meta = load_checkpoint(checkpoint)
         config = meta["config"]
+        G, D = gan_from_config(config)  # the run's architecture (model, widths, sn_mode, d_final_bias)
     except Exception as exc:  # zip, JSON or key errors from a truncated or foreign file
-        raise RunError(f"{checkpoint}: cannot read the checkpoint ({type(exc).__name__}: {exc})") from None
-    G, D = gan_from_config(config)  # the run's architecture (model, widths, sn_mode, d_final_bias)
-    G.load_state_dict(unflatten("G", arrays))
-    D.load_state_dict(unflatten("D", arrays))
+        raise RunError(f"{checkpoint}: cannot read the checkpoint ({type(exc).__name__}: {one_line(exc)})") from None
+    try:
+        load_modules(arrays, {"G": G, "D": D})
+    except (KeyError, ValueError, TypeError) as exc:
+        raise RunError(f"{checkpoint}: its arrays do not fit its configuration ({type(exc).__name__}: "
+                       f"{one_line(exc)}); restore it from a copy") from None
     return config, G.to(device), D.to(device), meta

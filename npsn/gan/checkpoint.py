@@ -23,6 +23,22 @@ def unflatten(prefix, arrays):
     return {k[len(start):]: arrays[k] for k in arrays if k.startswith(start)}
 
 
+def load_modules(arrays, modules):
+    """Load each module of ``{prefix: module}`` from a checkpoint's arrays under its prefix, every dtype checked first.
+
+    Raises:
+        TypeError: an array's dtype is not its parameter's (nothing is loaded then);
+        KeyError, ValueError: an array is missing, or has another shape (``Module.load_state_dict``).
+    """
+    for prefix, module in modules.items():
+        own = module.state_dict()
+        for key, value in unflatten(prefix, arrays).items():
+            if key in own and np.dtype(value.dtype) != np.dtype(own[key].dtype):
+                raise TypeError(f"{prefix}/{key} has dtype {value.dtype}, expected {own[key].dtype}")
+    for prefix, module in modules.items():
+        module.load_state_dict(unflatten(prefix, arrays))
+
+
 def save_checkpoint(path, arrays, meta):
     """Write ``arrays`` and ``meta`` to ``path`` atomically: a temporary file in the same folder, then ``os.replace``.
 

@@ -24,13 +24,14 @@ import numpy as np
 from npsn import backend
 from npsn.data.cifar10 import CIFAR10_CLASSES, MinibatchStream
 from npsn.data.pixels import pixels_to_dequantized, pixels_to_unit
-from npsn.gan.checkpoint import flatten, load_checkpoint, save_checkpoint, unflatten
+from npsn.gan.checkpoint import flatten, load_checkpoint, load_modules, save_checkpoint, unflatten
 from npsn.gan.rundir import read_log
 from npsn.gan.losses import get_loss
 from npsn.gan.models import gan_from_config, sample_latent
 from npsn.gan.updates import TrainingDiverged, check_finite, discriminator_update, gan_iteration, generator_update
 from npsn.nn.spectral_norm import spectral_layers
 from npsn.optim import Adam
+from npsn.utils.console import say
 from npsn.utils.images import save_class_grid, save_grid
 from npsn.utils.progress import ProgressBar
 
@@ -134,6 +135,21 @@ PRESET_SOURCES = {
                                            "default CIFAR-10 run): sngan-projection-resnet with 10 classes, "
                                            "conditional BN in G, projection D, G's labels uniform",
 }
+
+
+def preset_description(config):
+    """The run's preset in one line: its name and source, and which of the preset's model and loss the run replaced.
+
+    >>> preset_description(preset_config("resnet", loss="wasserstein"))  # doctest: +ELLIPSIS
+    "resnet: npsn's earlier ResNet: ... (this run replaces the preset's loss hinge with wasserstein)"
+    """
+    if config.preset not in PRESETS:
+        return "(none)"
+    preset = PRESETS[config.preset]
+    replaced = [f"{name} {preset[name]} with {getattr(config, name)}" for name in ("model", "loss")
+                if getattr(config, name) != preset[name]]
+    text = f"{config.preset}: {PRESET_SOURCES[config.preset]}"
+    return text + (f" (this run replaces the preset's {' and its '.join(replaced)})" if replaced else "")
 
 
 def preset_config(preset, **overrides):
@@ -290,7 +306,7 @@ class Trainer:
         self.iteration = 0
         self.saved_iteration = None  # the iteration of the checkpoint on disk (None: none written yet)
         self.evaluator = None
-        self.notice = lambda message: print(message, file=sys.stderr)
+        self.notice = lambda message: say(message, file=sys.stderr)
         if resume:
             self.load(self.checkpoint_path)
 
@@ -420,13 +436,7 @@ class Trainer:
             if name in trained and trained[name] != getattr(self.config, name):
                 raise ValueError(f"the checkpoint holds {name}={trained[name]!r} but this run builds "
                                  f"{name}={getattr(self.config, name)!r}")
-        for prefix, module in (("G", self.G), ("D", self.D)):
-            own = module.state_dict()
-            for key, value in unflatten(prefix, arrays).items():
-                if key in own and np.dtype(value.dtype) != np.dtype(own[key].dtype):
-                    raise TypeError(f"{prefix}/{key} has dtype {value.dtype}, expected {own[key].dtype}")
-        self.G.load_state_dict(unflatten("G", arrays))
-        self.D.load_state_dict(unflatten("D", arrays))
+        load_modules(arrays, {"G": self.G, "D": self.D})
         self.opt_g.load_state_dict(unflatten("opt_g", arrays))
         self.opt_d.load_state_dict(unflatten("opt_d", arrays))
         self.stream.load_state_dict(unflatten("stream", arrays))
@@ -457,8 +467,12 @@ class Trainer:
 
     def _truncate_log(self):
         """Drop log lines written after the checkpoint we resume from (a crash may have left some),
-        and a torn last line (a crash in mid-write), with a notice."""
+        and a torn last line (a crash in mid-write), with a notice. At iteration 0 (a new run, or one
+        started again because it stopped before its first checkpoint) the log starts empty."""
         if not os.path.exists(self.log_path):
+            return
+        if self.iteration == 0:  # an earlier attempt's lines, if any: its iterations are trained again
+            open(self.log_path, "w").close()
             return
         lines, records, torn = read_log(self.log_path)
         if torn:

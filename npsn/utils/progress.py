@@ -1,6 +1,11 @@
-"""A one-line progress bar on stderr: iterations, rate, ETA and the latest losses (no dependencies)."""
+"""A one-line progress bar on stderr: iterations, rate, ETA and the latest losses (no dependencies).
+
+A closed stream (a pipe whose reader has gone) drops the bar's lines (:func:`npsn.utils.console.write`).
+"""
 import sys
 import time
+
+from npsn.utils.console import write
 
 
 def format_seconds(seconds):
@@ -33,10 +38,8 @@ class ProgressBar:
         bar = "#" * filled + "-" * (self.width - filled)
         line = (f"[{bar}] {iteration}/{self.total} {images_per_second:7.1f} img/s "
                 f"ETA {format_seconds(eta)} {info}")
-        self.stream.write(("\r" + line + "\033[K") if self.tty else line + "\n")
-        self.stream.flush()
+        write(self.stream, ("\r" + line + "\033[K") if self.tty else line + "\n")
 
     def close(self):
         if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
+            write(self.stream, "\n")
