@@ -50,7 +50,7 @@ from npsn.eval.evaluation import (GRADIENT_BATCH, RunError, class_names, cycle_l
 from npsn.eval.gan_test import class_aware_measures
 from npsn.gan.models import sample_latent
 from npsn.utils.console import say
-from npsn.utils.threads import ThreadsError, environment_threads
+from npsn.backend.threads import ThreadsError, environment_threads
 
 
 def parse_args(argv=None):

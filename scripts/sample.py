@@ -43,7 +43,7 @@ from npsn.eval.evaluation import (GENERATION_CHUNK, PROGRESS_ABOVE, RunError, cl
 from npsn.gan.models import sample_latent
 from npsn.utils.images import save_class_grid, save_grid
 from npsn.utils.progress import ProgressBar
-from npsn.utils.threads import ThreadsError, environment_threads
+from npsn.backend.threads import ThreadsError, environment_threads
 
 DEFAULT_N = 64
 MAX_GRID_IMAGES = 10_000  # a .png grid: 100 x 100 images of 34 x 34 pixels (with the padding), ~35 MB in memory

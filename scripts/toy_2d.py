@@ -151,7 +151,7 @@ def main(argv=None):
     from npsn.eval.modes import summarize
     from npsn.experiments.toy import save_scatter
 
-    from npsn.utils.threads import ThreadsError, environment_threads
+    from npsn.backend.threads import ThreadsError, environment_threads
 
     try:
         environment_threads()

@@ -59,7 +59,7 @@ from npsn.gan.trainer import (LR_DECAYS, PIXEL_MAPPINGS, PRESET_SOURCES, PRESETS
 from npsn.nn.spectral_norm import SN_MODES
 from npsn.utils.allocator import keep_freed_memory
 from npsn.utils.console import flush_at_exit, one_line, say
-from npsn.utils.threads import ThreadsError, environment_threads
+from npsn.backend.threads import ThreadsError, environment_threads
 
 
 class OneLineParser(argparse.ArgumentParser):

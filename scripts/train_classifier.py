@@ -29,7 +29,7 @@ from npsn.gan.checkpoint import load_checkpoint
 from npsn.gan.rundir import (RunDirError, check_new_run_dir, check_resume_dir, claim_run_dir, how_to_continue,
                              read_config_json, read_log, run_state, stale_temp_files, write_json_atomic)
 from npsn.utils.console import flush_at_exit, one_line, say
-from npsn.utils.threads import ThreadsError, environment_threads
+from npsn.backend.threads import ThreadsError, environment_threads
 
 COMMAND = "python scripts/train_classifier.py"
 DEFAULTS = ClassifierConfig()

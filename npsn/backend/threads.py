@@ -60,7 +60,7 @@ def environment_threads():
     >>> environment_threads()
     Traceback (most recent call last):
     ...
-    npsn.utils.threads.ThreadsError: NPSN_NUM_THREADS=0: give a whole number of host threads, at least 1 (or leave it unset: one per CPU)
+    npsn.backend.threads.ThreadsError: NPSN_NUM_THREADS=0: give a whole number of host threads, at least 1 (or leave it unset: one per CPU)
     >>> del os.environ["NPSN_NUM_THREADS"]
 
     Raises:
