@@ -12,7 +12,7 @@ most 0.03 across a mode's 3-std disc), so SN's D barely separates real from gene
 at the data's own scale. --d-input-scale s feeds D s*x (an s-Lipschitz critic in x, the same as
 measuring the data in units of 1/s); s = 10 lets SN cover the modes. Compare methods at the
 same s, and run long enough (8,000 iterations is short; average the last few --eval-every
-records, the HQ fraction swings 10-20 points between them). The README's "2-D toy" section
+records, the HQ fraction swings 10-20 points between them). docs/toy-2d.md
 has the measured table.
 
 Each run trains PacGAN's MLPs (npsn.experiments.toy) and measures, on 2,500 generated points, the modes

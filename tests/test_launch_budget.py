@@ -15,7 +15,7 @@ from benchmarks.launches import count_iteration
 MAX_OPS, MAX_SYNCS, MAX_H2D = 950, 1, 3
 #: Device memory of the same iteration, counted on the stand-in (live bytes in CuPy's 512-byte blocks):
 #: MEASURED_START_MIB live when it starts (weights, Adam's moments, kept buffers), MEASURED_PEAK_MIB at its
-#: peak. A change that makes either grow by more than 5 % fails here: say why in the README's table.
+#: peak. A change that makes either grow by more than 5 % fails here: say why in docs/gpu.md's memory table.
 MEASURED_START_MIB, MEASURED_PEAK_MIB = 103.9, 630.6
 GROWTH = 1.05
 

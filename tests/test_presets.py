@@ -93,7 +93,7 @@ EXPECTED = {
                                             resnet_discriminator(final_bias=False, n_classes=10)),
 }
 
-# The parameter counts these definitions give (quoted in the README's preset table).
+# The parameter counts these definitions give (quoted in the preset table of docs/training.md).
 COUNTS = {
     "cnn": (3_813_379, 2_935_873), "paper-cnn-hinge": (3_813_379, 2_935_873),
     "paper-cnn-nonsaturating": (3_813_379, 2_935_873), "chainer-gan-lib-sndcgan": (3_828_739, 5_860_865),

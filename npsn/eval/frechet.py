@@ -9,7 +9,7 @@ distance between N(mu_r, C_r) and N(mu_g, C_g) is (Dowson & Landau 1982)
 
 FID (Heusel et al. 2017) is this d^2 on Inception-v3 pool features; npsn computes it on its own
 classifier's penultimate features (:meth:`npsn.eval.classifier.Classifier.features`), so its
-values are **not** comparable with published FIDs (see the README).
+values are **not** comparable with published FIDs (see docs/evaluation.md).
 
 Only symmetric eigendecompositions are used (``numpy.linalg.eigh``, no SciPy): C_r^{1/2} = V
 diag(sqrt(w)) V^T from C_r = V diag(w) V^T, and the trace of the square root of the symmetric

@@ -8,7 +8,7 @@ buffers allocated), then counts ``Trainer.train_iteration`` once and prints ops 
 d2h, the ``--top`` most frequent operations, and the device memory: MiB live when the iteration
 starts and at its peak, with the operations whose arrays hold the most of that peak. The numbers
 follow the stand-in's counting rules (``strict_cupy`` docstring); no GPU is needed. Several
-presets, comma-separated, are counted one after the other (the README's memory table)::
+presets, comma-separated, are counted one after the other (the memory table of docs/gpu.md)::
 
     PYTHONPATH=. python tests/strict_cupy/count_iteration.py \
         --preset cnn,sngan-projection-resnet,sngan-projection-resnet-conditional --warmup 1
