@@ -361,6 +361,27 @@ def test_a_full_disk_at_a_save_stops_with_the_last_good_checkpoint(archive, tmp_
     assert load_checkpoint(os.path.join(out, "checkpoint.npz"))[1]["iteration"] == 2
 
 
+@pytest.mark.parametrize("fault", ["full disk", "second signal"])
+def test_a_fault_before_the_first_checkpoint_advises_what_works(fault, archive, tmp_path, monkeypatch, capsys):
+    """No checkpoint on disk: the advice is --resume, which then starts the run again from iteration 0."""
+    if fault == "full disk":
+        fail_save_at(monkeypatch, 2, OSError(errno.ENOSPC, "No space left on device", "checkpoint.npz"))
+        expected_code = 1
+    else:
+        fail_save_at(monkeypatch, 1, KeyboardInterrupt())
+        interrupt_at_iteration(monkeypatch, 1)
+        expected_code = 130
+    out = str(tmp_path / "run")
+    code = run_main("train_cifar.py", "--data", archive, *TINY, "--iterations", "6", "--checkpoint-every", "2",
+                    "--out", out)
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == expected_code and "no checkpoint has been written yet" in err, err
+    assert f"no checkpoint yet, so python scripts/train_cifar.py --resume {out} starts it again" in err, err
+    monkeypatch.undo()
+    assert run_main("train_cifar.py", "--resume", out, "--iterations", "3") == 0
+    assert [json.loads(line)["iteration"] for line in open(os.path.join(out, "log.jsonl"))] == [1, 2, 3]
+
+
 def interrupt_at_iteration(monkeypatch, iteration):
     """Make Trainer.train_iteration raise KeyboardInterrupt (a Ctrl-C) once ``iteration`` updates are done."""
     real_iteration = Trainer.train_iteration
