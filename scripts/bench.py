@@ -40,10 +40,12 @@ def main(argv=None):
     set_thread_environment(config.threads)  # read when NumPy loads its BLAS: before the harness imports it
     from benchmarks import harness
     from npsn import backend
+    from npsn.backend.threads import ThreadsError, environment_threads
 
     try:
+        environment_threads()  # a bad NPSN_NUM_THREADS is one line, before anything runs
         backend.check_device(config.device)  # runs a few kernels on the GPU before any model is built
-    except backend.DeviceError as exc:
+    except (backend.DeviceError, ThreadsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     harness.main(config)

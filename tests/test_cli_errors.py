@@ -536,6 +536,7 @@ THREAD_CASES = [
     ("sample.py", ["{tmp}/RUN", "--n", "4", "--out", "{tmp}/NEW.png"]),
     ("evaluate.py", EVALUATE),
     ("toy_2d.py", ["--dataset", "ring", "--seeds", "1", "--iterations", "2", "--out", "{tmp}/NEW"]),
+    ("bench.py", ["--models", "cnn", "--g-ch", "8", "--d-ch", "8", "--memory", "off"]),
 ]
 
 
