@@ -76,7 +76,7 @@ def build(args):
             raise RunError("--out and --resume exclude each other: a resumed run stays in its own folder")
         if given:
             raise RunError("--resume continues a run with its own settings; drop "
-                             + ", ".join("--" + k.replace("_", "-") for k in given))
+                           + ", ".join("--" + k.replace("_", "-") for k in given))
         out = args.resume
         recorded = recorded_run(out)
         checkpoint = None
@@ -86,10 +86,10 @@ def build(args):
                 checkpoint = load_checkpoint(checkpoint_path)
             except Exception as exc:
                 raise RunError(f"{checkpoint_path} is damaged ({type(exc).__name__}); restore it from a copy or "
-                                 f"start a new run") from None
+                               f"start a new run") from None
             if not isinstance(checkpoint[1], dict) or checkpoint[1].get("kind") != CHECKPOINT_KIND:
                 raise RunError(f"{checkpoint_path} is not a classifier checkpoint; --resume takes a folder written "
-                                 f"by scripts/train_classifier.py")
+                               f"by scripts/train_classifier.py")
             read_log(os.path.join(out, "log.jsonl"))
         config = ClassifierConfig.from_json(recorded.values)
         problems = config.problems()
@@ -121,7 +121,7 @@ def prepare(args):
             run.restore(*checkpoint, n_items=len(train_data[0]))
         except (KeyError, ValueError, TypeError) as exc:
             raise RunError(f"{out}/checkpoint.npz does not fit {out}/config.json ({type(exc).__name__}); "
-                             f"restore both from a copy") from None
+                           f"restore both from a copy") from None
     return run, (train_data, test_data), out, checkpoint, state
 
 

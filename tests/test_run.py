@@ -13,6 +13,7 @@ import time
 import pytest
 
 from fake_cifar import write_fake_cifar
+from npsn.gan import run as run_module
 from npsn.gan import trainer as trainer_module
 from npsn.gan.checkpoint import load_checkpoint
 from npsn.gan.run import Run, RunError, RunFailed, RunInterrupted, new_run_config
@@ -120,6 +121,23 @@ def test_a_new_run_is_checked_before_anything_is_written(settings, data, expecte
     with pytest.raises(RunError, match=expected):
         Run.create(settings, out=str(out), data=str(tmp_path / data) if data else archive)
     assert not out.exists()
+
+
+def test_an_interrupt_while_opening_leaves_nothing(archive, tmp_path, monkeypatch):
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_module, "load_cifar10", interrupted)  # Ctrl-C while the data loads
+    with pytest.raises(RunInterrupted, match="^interrupted before training started; nothing was written$"):
+        Run.create(TINY, out=str(tmp_path / "new"), data=archive)
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_closed_run_does_not_train(run_dir):
+    run = Run.resume(run_dir, {"iterations": 3})
+    run.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        run.train()
 
 
 def test_settings_are_named_as_in_the_config():

@@ -325,6 +325,7 @@ class Run:
         self.config = self.out_dir = self.recorded = self.trainer = self.data = self.lock = None
         self.n_images = 0
         self.written = False  # from the claim on, something of the run may be on disk
+        self.is_open = False  # from the end of create or resume until close
 
     @classmethod
     def create(cls, settings=None, out=None, data=None, download=False, processes=None, make_evaluator=None,
@@ -383,6 +384,7 @@ class Run:
         except BaseException:
             self.close()
             raise
+        self.is_open = True
 
     def _recorded_config(self, run_dir, settings):
         self.recorded = recorded_run(run_dir)
@@ -454,11 +456,14 @@ class Run:
         """Train to ``config.iterations`` (:meth:`~npsn.gan.trainer.Trainer.run`): samples, log lines and
         checkpoints at their intervals and on time, a last checkpoint at the end; returns the last
         (loss_d, loss_g). Raises :class:`RunInterrupted` or :class:`RunFailed` (the run stays open)."""
+        if not self.is_open:
+            raise RuntimeError("the run is closed: open it again with Run.resume")
         with self._explaining():
             return self.trainer.run()
 
     def close(self):
         """Release the run directory's lock (when this process holds it); the run is closed."""
+        self.is_open = False
         if self.lock is not None:
             self.lock.release()
             self.lock = None

@@ -318,7 +318,7 @@ class Trainer:
         self.iteration = 0
         self.saved_iteration = None  # the iteration of the checkpoint on disk (None: none written yet)
         self.evaluator = None
-        self.notice = notice  # a line for the user on stderr (a test may catch them)
+        self.notice = notice  # where a note for the user goes (stderr); replaceable, e.g. to collect them
         if resume:
             self.load(self.checkpoint_path)
 
