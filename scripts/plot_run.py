@@ -32,16 +32,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def read_log(path):
-    """The log's records; a torn last line (a crash in mid-write) is left out with a notice."""
-    from npsn.gan.rundir import read_log as read_run_log
-
-    _, records, torn = read_run_log(path)
-    if torn:
-        print(f"note: {path}: left out a torn last line (written in part by a crash)", file=sys.stderr)
-    return records
-
-
 def series(records, key):
     """(iterations, values) of the records that have ``key`` with a non-None value."""
     kept = [r for r in records if r.get(key) is not None]
@@ -123,7 +113,7 @@ def main(argv=None):
     if not os.path.isfile(log_path):
         print(f"error: {args.run_dir}: no log.jsonl there", file=sys.stderr)
         return 2
-    from npsn.gan.rundir import RunDirError, check_writable_folder
+    from npsn.gan.rundir import RunDirError, check_writable_folder, read_log
 
     folder = args.out or os.path.join(args.run_dir, "plots")
     try:
@@ -132,10 +122,12 @@ def main(argv=None):
         print(f"error: {exc}" + ("" if args.out else "; write them elsewhere with --out DIR"), file=sys.stderr)
         return 2
     try:
-        records = read_log(log_path)
+        _, records, torn = read_log(log_path)
     except RunDirError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if torn:
+        print(f"note: {log_path}: left out a torn last line (written in part by a crash)", file=sys.stderr)
     if not records:
         print(f"error: {log_path} is empty", file=sys.stderr)
         return 2

@@ -18,12 +18,11 @@ process trains a run: a second process on the same run directory (a new run or -
 refused while the first lives. A resumed run reads its config.json (which records the data's
 absolute path) and checkpoint, checks both, and continues; a run that stopped before its first
 checkpoint starts again from iteration 0 with its recorded settings. Of its options only these
-may change on resume: --iterations, --lr, --lr-decay,
---device, --log-every, --sample-every, --checkpoint-every, --checkpoint-minutes, --eval-every,
---eval-images (and --data, when the data has moved). Any other option that differs from the
-run's is refused (among them --preset, --model, --batch-size, --g-batch-size, --z-dist, --pixels,
---d-final-bias and --conditional: they fix the architecture, the random streams or what an update
-averages).
+may change on resume: --iterations, --lr, --lr-decay, --device, --log-every, --sample-every,
+--checkpoint-every, --checkpoint-minutes, --eval-every, --eval-images (and --data, when the data has
+moved). Any other option that differs from the run's is refused (among them --preset, --model,
+--batch-size, --g-batch-size, --z-dist, --pixels, --d-final-bias and --conditional: they fix the
+architecture, the random streams or what an update averages).
 
 --conditional trains a class-conditional GAN on CIFAR-10's 10 classes (any --model; conditional
 BatchNorm in G, a projection discriminator): D sees each real image's label, G's labels are drawn
@@ -41,54 +40,29 @@ device each; --batch-size stays the global batch and must be divisible by R); ra
 import preamble  # noqa: F401  (before NumPy: see scripts/preamble.py)
 
 import argparse
-import dataclasses
-import os
-import signal
 import sys
-import time
 
 from npsn import backend
-from npsn.data.cifar10 import CIFAR10Error, download_cifar10, load_cifar10, load_label_names
+from npsn.distributed.comm import DistributedError
+from npsn.distributed.launch import Ranks, launcher_rank, launcher_size
+from npsn.eval.evaluation import make_evaluator
 from npsn.gan.losses import LOSSES
 from npsn.gan.models import MODELS, Z_DISTRIBUTIONS
-from npsn.gan.rundir import (RunDirError, check_creatable, check_new_run_dir, check_resume_dir, claim_run_dir,
-                             how_to_continue, new_run_dir, read_checkpoint, read_config_json, read_log, run_state,
-                             stale_temp_files, write_json_atomic)
-from npsn.gan.trainer import (LR_DECAYS, PIXEL_MAPPINGS, PRESET_SOURCES, PRESETS, RESUMABLE_OPTIONS, Trainer,
-                              TrainingDiverged, TrainConfig, config_problems, preset_config, preset_description)
+from npsn.gan.run import SETTINGS, OneProcess, Run, RunError, RunFailed, RunInterrupted
+from npsn.gan.trainer import LR_DECAYS, PIXEL_MAPPINGS, PRESETS, presets_help
 from npsn.nn.spectral_norm import SN_MODES
-from npsn.utils.allocator import keep_freed_memory
-from npsn.utils.console import flush_at_exit, one_line, say
-from npsn.backend.threads import ThreadsError, environment_threads
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse's parser with its errors on one line (no usage block): '<prog>: error: <message>'."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def presets_help():
-    """The epilog of --help: each preset, what it reproduces, and its values."""
-    lines = ["presets (each value can be overridden by its option):"]
-    for name, values in PRESETS.items():
-        lines.append(f"  {name}: {PRESET_SOURCES[name]}")
-        lines.append("      " + ", ".join(f"{k}={v}" for k, v in values.items()))
-    return "\n".join(lines)
+from npsn.utils.console import OneLineParser, flush_at_exit, say
 
 
 def parse_args(argv=None):
+    """The options: each setting's defaults to None, "the preset's (or the resumed run's) value"."""
     p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                       epilog=presets_help())
-    # Every option defaults to None, meaning "the preset's (or the resumed run's) value".
     p.add_argument("--device", choices=backend.DEVICES, help="cpu (NumPy) or gpu (CuPy)")
-    p.add_argument("--preset", choices=tuple(PRESETS),
-                   help="the configuration to reproduce (see the list below); default cnn, or --model's "
-                        "legacy preset (cnn, resnet) when only --model is given")
-    p.add_argument("--model", choices=MODELS,
-                   help="the architecture, overriding the preset's: cnn (Table 3), resnet (Table 4), "
-                        "sndcgan (chainer-gan-lib)")
+    p.add_argument("--preset", choices=tuple(PRESETS), help="the configuration to reproduce (see the list below); "
+                   "default cnn, or --model's legacy preset (cnn, resnet) when only --model is given")
+    p.add_argument("--model", choices=MODELS, help="the architecture, overriding the preset's: cnn (Table 3), "
+                   "resnet (Table 4), sndcgan (chainer-gan-lib)")
     p.add_argument("--loss", choices=tuple(LOSSES))
     p.add_argument("--iterations", type=int, help="generator updates")
     p.add_argument("--batch-size", type=int, help="real (and generated) images per D update")
@@ -124,375 +98,70 @@ def parse_args(argv=None):
     p.add_argument("--eval-images", type=int, help="real and generated images used for SWD")
     p.add_argument("--distributed", action="store_true",
                    help="data-parallel over the ranks mpiexec starts (mpi4py; see the README)")
-    p.add_argument("--local-bn", action="store_true",
-                   help="with --distributed: G's BatchNorm uses each rank's own statistics (DDP without SyncBN; "
-                        "the result then depends on the number of ranks)")
+    p.add_argument("--local-bn", action="store_true", help="with --distributed: G's BatchNorm uses each rank's own "
+                   "statistics (DDP without SyncBN; the result then depends on the number of ranks)")
     args = p.parse_args(argv)
     if args.d_final_bias is not None:
         args.d_final_bias = args.d_final_bias == "yes"
     return args
 
 
-CONFIG_OPTIONS = [f.name for f in dataclasses.fields(TrainConfig)]
-
-
-class UsageError(Exception):
-    """A bad option, run directory or run file: main prints the message on one line and exits with 2."""
-
-
-SWITCHES = {"sn": "--no-sn", "num_classes": "--conditional"}  # config fields set by an option without a value
-
-
-def flag(name):
-    """The command-line option of a config field ("batch_size" -> "--batch-size"; "sn" -> "--no-sn")."""
-    return SWITCHES.get(name, "--" + name.replace("_", "-"))
-
-
-def check_values(config, given, source):
-    """UsageError for the first invalid value: named by its option when given, else by ``source``."""
-    for name, message in config_problems(config):
-        if name in given:
-            raise UsageError(f"argument {flag(name)}: {message}")
-        raise UsageError(f"{source}: {name} {message}; correct that file, or give {flag(name)}")
-
-
-@dataclasses.dataclass
-class Resumed:
-    """What ``--resume`` found, checked: the run's config.json, whether it has a checkpoint, and its
-    :func:`~npsn.gan.rundir.run_state` when checked (``claim`` compares it)."""
-
-    stored: dict
-    has_checkpoint: bool
-    state: tuple
-
-
-def build_config(args):
-    """``(config, out_dir, resumed)`` from the arguments, every value checked; only the run's files are read.
-
-    ``resumed`` is a :class:`Resumed` (None for a new run). Without --out, ``out_dir`` is the base
-    name of a new run directory (``claim`` adds -2, -3, ... when it is taken).
-    """
-    given = {name: getattr(args, name) for name in CONFIG_OPTIONS if getattr(args, name, None) is not None}
-    if not args.resume:
-        preset = given.pop("preset", None)
-        if preset is None:  # earlier npsn: --model alone chose its preset
-            preset = given["model"] if given.get("model") in PRESETS else "cnn"
-        if given.get("sn") is False and "sn_mode" in given:
-            raise UsageError(f"argument --sn-mode: it chooses how D's spectral normalization measures sigma, and "
-                             f"--no-sn turns that off; give one of them")
-        config = preset_config(preset, **given)
-        check_values(config, given, "the preset")
-        if args.out:
-            check_new_run_dir(args.out)
-            return config, args.out, None
-        out = os.path.join("runs", f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}")
-        check_creatable(out, f"the run directory {out}")
-        return config, out, None
-
-    run_dir = args.resume
-    if args.out:
-        raise UsageError(f"--out and --resume: a resumed run stays in its directory; give only --resume {run_dir}")
-    has_checkpoint = check_resume_dir(run_dir)
-    state = run_state(run_dir)  # before reading: a write by another process from now on is noticed by the claim
-    config_path = os.path.join(run_dir, "config.json")
-    stored = read_config_json(run_dir)
-    unknown = sorted(set(stored) - set(CONFIG_OPTIONS) - {"data", "source"})
-    if unknown:
-        raise UsageError(f"{config_path} has unknown settings {', '.join(unknown)} (damaged, or from another "
-                         f"version of npsn); correct that file")
-    for name in ("data", "source"):
-        if stored.get(name) is not None and not isinstance(stored[name], str):
-            raise UsageError(f"{config_path} has {name}={stored[name]!r}, which is not text (damaged); correct "
-                             f"that file" + (", or give --data PATH" if name == "data" else ""))
-    config = TrainConfig.from_dict(stored)
-    check_values(config, {}, config_path)
-    resumed = Resumed(stored, has_checkpoint, state)
-    if not has_checkpoint:  # stopped before its first checkpoint: it starts again with its recorded settings
-        return resumed_config(config, given, run_dir, config_path), run_dir, resumed
-    _, meta = read_checkpoint(os.path.join(run_dir, "checkpoint.npz"))
-    for name in CONFIG_OPTIONS:
-        if name not in RESUMABLE_OPTIONS and name in meta["config"] and meta["config"][name] != getattr(config, name):
-            raise UsageError(f"{config_path} has {name}={getattr(config, name)!r} but the checkpoint was trained "
-                             f"with {name}={meta['config'][name]!r}; restore config.json from a copy")
-    config = resumed_config(config, given, run_dir, config_path)
-    if meta["iteration"] >= config.iterations:
-        raise UsageError(f"--resume {run_dir}: the run is already at iteration {meta['iteration']} of "
-                         f"{config.iterations}; to train longer give --iterations larger than {meta['iteration']}")
-    return config, run_dir, resumed
-
-
-def resumed_config(config, given, run_dir, config_path):
-    """The run's ``config`` with the options given on resume, which may change only ``RESUMABLE_OPTIONS``."""
-    for name, value in given.items():
-        if name not in RESUMABLE_OPTIONS and value != getattr(config, name):
-            shown = flag(name) if name in SWITCHES else f"{flag(name)} {value}"
-            raise UsageError(f"{shown}: the run in {run_dir} has {name}={getattr(config, name)}, which cannot "
-                             f"change on resume (only {', '.join(flag(n) for n in RESUMABLE_OPTIONS)} can); "
-                             f"start a new run with --out to change it")
-    config = dataclasses.replace(config, **given)
-    check_values(config, given, config_path)
-    return config
-
-
-def data_path(args, stored, run_dir):
-    """Where the training data is: --data, else the resumed run's recorded location, else ./data."""
-    if args.data or args.download or stored is None:
-        return args.data or "data"
-    recorded = stored.get("data")
-    if not recorded:
-        raise UsageError(f"{run_dir}/config.json records no data location (a run of an older npsn): "
-                         f"give --data PATH")
-    if not os.path.exists(recorded):
-        raise UsageError(f"the run's data {recorded} (recorded in {run_dir}/config.json) is not there any more: "
-                         f"give --data PATH with its new location")
-    return recorded
-
-
-def load_images(args, path, conditional=False):
-    """``(training images as uint8 NCHW, their labels, the class names or None, the absolute path they came
-    from)``, downloading first if asked; the class names (batches.meta) are read for a conditional run only."""
-    if args.download:
-        root = path if not path.endswith((".tar.gz", ".tgz")) else os.path.dirname(path) or "."
-        path = download_cifar10(root)
-    images, labels = load_cifar10(path, "train")
-    names = load_label_names(path) if conditional else None
-    return images, labels, names, os.path.abspath(path)
-
-
-def last_good(trainer):
-    if trainer.saved_iteration is None:
-        return "no checkpoint has been written yet"
-    return f"the last good checkpoint is {trainer.checkpoint_path} (iteration {trainer.saved_iteration})"
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
+def command_line_problem(args):
+    """What the command line asks that no run can do, in one line (None when nothing)."""
+    if not args.distributed and launcher_size() > 1:
+        return f"started as {launcher_size()} MPI ranks without --distributed: add --distributed (or run one process)"
+    if args.local_bn and not args.distributed:
+        return "--local-bn is for --distributed runs"
+    if args.download and args.distributed:
+        return ("--download with --distributed would download once per rank: download first with python -c "
+                "\"from npsn.data.cifar10 import download_cifar10; download_cifar10('data')\", then give --data data")
+    if args.resume and args.out:
+        return f"--out and --resume: a resumed run stays in its directory; give only --resume {args.resume}"
+    return None
 
 
 def main(argv=None):
     args = parse_args(argv)
-    comm, stop = None, None
-    if args.distributed:
-        from npsn.distributed import launch
-        from npsn.distributed.trainer import StopRequest
-
-        try:
-            comm = launch.start()
-        except RuntimeError as exc:  # DistributedError: no mpi4py
-            say(f"error: {exc}", file=sys.stderr)
-            return 2
-        # Ctrl-C and SIGTERM become a stop request that every rank honours after the same iteration.
-        stop = StopRequest()
-        signal.signal(signal.SIGINT, stop.handler)
-        signal.signal(signal.SIGTERM, stop.handler)
-        code = train(args, comm, stop)
-        comm.barrier()  # every exit that reaches here is one all ranks took together (rank 0 has written)
-        return code
-    # SIGTERM (a job scheduler, `kill`) stops training like Ctrl-C: with a checkpoint.
-    signal.signal(signal.SIGTERM, _interrupt)
-    return train(args)
-
-
-def train(args, comm=None, stop=None):
-    """The run: validate, load, build, claim the run directory, write, train; returns the exit status.
-
-    With ``comm`` (``--distributed``), every rank validates and the ranks agree (the first
-    problem of any rank stops all of them before anything is written); rank 0 alone claims the
-    run directory, writes and prints; a failure that only some ranks see stops all ranks
-    through MPI Abort.
-    """
-    root = comm.rank == 0 if comm is not None else _launched_rank() == 0  # mpiexec without --distributed: one line
-    show = say if root else (lambda *a, **k: None)  # what rank 0 alone prints
-    trainer, lock, written, agreed = None, None, False, False
-    try:
-        if comm is None and not args.distributed and _launched_ranks() > 1:
-            raise UsageError(f"started as {_launched_ranks()} MPI ranks without --distributed: add --distributed "
-                             f"(or run one process)")
-        if args.local_bn and comm is None:
-            raise UsageError("--local-bn is for --distributed runs")
-        if args.download and comm is not None:
-            raise UsageError("--download with --distributed would download once per rank: download first with "
-                             "python -c \"from npsn.data.cifar10 import download_cifar10; download_cifar10('data')\", "
-                             "then give --data data")
-        # 1. everything that can be checked without the data; nothing is written
-        environment_threads()
-        config, out_dir, resumed = build_config(args)
-        restart = resumed is not None and not resumed.has_checkpoint  # stopped before its first checkpoint
-        if resumed and resumed.has_checkpoint:
-            read_log(os.path.join(out_dir, "log.jsonl"))  # a damaged line other than a torn last one stops here
-        backend.check_device(config.device)
-        path = data_path(args, resumed.stored if resumed else None, out_dir)
-        # 2. the data, and the run's state built (and, on resume, its checkpoint loaded and checked)
-        images, labels, names, data = load_images(args, path, conditional=bool(config.num_classes))
-        if config.num_classes and config.num_classes != len(names):
-            raise UsageError(f"the run has {config.num_classes} classes but {data} names {len(names)}")
-        if config.batch_size > len(images):
-            raise UsageError(f"argument --batch-size: {config.batch_size} is more than the {len(images)} "
-                             f"training images")
-        if config.eval_every and config.eval_images > len(images):
-            raise UsageError(f"argument --eval-images: {config.eval_images} is more than the {len(images)} training "
-                             f"images SWD compares with; give at most {len(images)}")
-        if comm is not None:
-            for name in ("batch_size", "g_batch_size"):
-                if getattr(config, name) % comm.size:
-                    raise UsageError(f"argument {flag(name)}: {getattr(config, name)} is the global batch and must "
-                                     f"be divisible by the {comm.size} ranks; give a multiple of {comm.size}")
-            placed = launch_place(config.device, comm)
-        # Large im2col temporaries: keep freed memory for reuse instead of page-faulting it back each step.
-        keep_freed_memory()
-        from_checkpoint = bool(resumed and resumed.has_checkpoint)
-        try:
-            if comm is None:
-                trainer = Trainer(config, images, out_dir, resume=from_checkpoint, labels=labels, class_names=names)
-            else:
-                from npsn.distributed.trainer import DistributedTrainer
-
-                trainer = DistributedTrainer(config, images, out_dir, comm, resume=from_checkpoint,
-                                             sync_bn=not args.local_bn, stop=stop, labels=labels, class_names=names)
-        except (KeyError, ValueError, TypeError) as exc:
-            raise UsageError(f"{os.path.join(out_dir, 'checkpoint.npz')} does not fit the run's config.json "
-                             f"({type(exc).__name__}: {one_line(exc)}); restore both from a copy") from None
-        if config.eval_every and root:
-            from npsn.eval.evaluation import make_evaluator
-
-            trainer.evaluator = make_evaluator(config, images, labels)
-        if comm is not None:  # every rank has validated: the first problem of any rank stops them all
-            agreed = True
-            problem = _agree(comm, None)
-            if problem:
-                raise UsageError(problem)
-        # 3. everything is valid: the run directory becomes this process's (one writer per run), then write
-        written = True
-        lock, out_dir = claim(args, out_dir, resumed, comm, root)
-        trainer.out_dir = out_dir  # a new run without --out: the folder claim created
-        source = PRESET_SOURCES.get(config.preset, "no preset")
-        if root:
-            for tmp in stale_temp_files(out_dir):
-                os.remove(tmp)
-                say(f"note: removed {tmp} (a partial checkpoint left by a process killed during a save)",
-                    file=sys.stderr)
-            write_json_atomic(os.path.join(out_dir, "config.json"), dict(dataclasses.asdict(config), data=data,
-                                                                         source=source))
-        kind = f"class-conditional ({config.num_classes} classes) " if config.num_classes else ""
-        show(f"npsn: {'resuming' if from_checkpoint else 'training'} {kind}{config.model} on {len(images)} CIFAR-10 "
-             f"images ({data}), device {config.device}, run dir {out_dir}")
-        if comm is not None:
-            show(f"data-parallel: {comm.name}, global batch {config.batch_size} = {comm.size} x "
-                 f"{config.batch_size // comm.size}, G's BatchNorm {'per rank' if args.local_bn else 'synchronized'}; "
-                 f"rank 0: {placed}")
-        show(f"preset {preset_description(config)}")
-        show("settings: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(config).items()))
-        if from_checkpoint:
-            show(f"resuming from iteration {trainer.iteration} of {config.iterations}")
-        elif restart:
-            show(f"no checkpoint in {out_dir} (the run stopped before its first one): starting it again from "
-                 f"iteration 0 with its recorded settings; its log starts again")
-        loss_d, loss_g = trainer.run()
-    except (UsageError, RunDirError, CIFAR10Error, backend.DeviceError, ThreadsError) as exc:
-        message = str(exc)
-        if comm is not None and not agreed:
-            message = _agree(comm, message)
-        if root:
-            say(f"error: {message}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:  # with --distributed: RanksStopped, raised on every rank after the same iteration
-        if not root:
-            pass
-        elif trainer is None or not written:
-            say("\ninterrupted before training started; nothing was written", file=sys.stderr)
-        elif trainer.saved_iteration == trainer.iteration:
-            say(f"\ninterrupted at iteration {trainer.iteration}; checkpoint written. "
-                f"Continue with: {_command(comm)} --resume {out_dir}", file=sys.stderr)
-        else:
-            say(f"\ninterrupted at iteration {trainer.iteration} before its checkpoint was complete; "
-                f"{last_good(trainer)}; {how_to_continue(out_dir, _command(comm))}", file=sys.stderr)
-        return 130
-    except TrainingDiverged as exc:  # with --distributed: the global losses and parameters, so on every rank
-        if root:
-            say(f"\nerror: training stopped: {exc}. {last_good(trainer)[0].upper()}{last_good(trainer)[1:]}",
-                file=sys.stderr)
-        return 1
-    except MemoryError:
-        say(f"\nerror: {_rank(comm)}out of memory with --batch-size {config.batch_size} ({config.model}); "
-            f"try a smaller --batch-size in a new run (with a new --out: a run's batch size is fixed)"
-            + (f"; {last_good(trainer)}" if trainer else ""), file=sys.stderr)
-        return _stop_all(comm, 1)
-    except OSError as exc:  # a file of the run (a closed stdout is not one: say() drops what it cannot print)
-        where = f" at iteration {trainer.iteration}" if trainer else ""
-        reason = f"{exc.strerror}: {exc.filename}" if exc.strerror and exc.filename else one_line(exc)
-        say(f"\nerror: {_rank(comm)}a write failed{where} ({reason}); training stopped, "
-            f"{last_good(trainer) + '; ' if trainer else ''}free space (or fix the folder), then "
-            f"{how_to_continue(out_dir, _command(comm))}", file=sys.stderr)
-        return _stop_all(comm, 1)
-    finally:
-        if lock is not None:
-            lock.release()
-    show(f"done: iteration {trainer.iteration}, loss_d {loss_d:.4f}, loss_g {loss_g:.4f}; "
-         f"samples and checkpoint in {out_dir}")
-    return 0
-
-
-def claim(args, out_dir, resumed, comm, root):
-    """``(lock, run directory)``: rank 0 (or the one process) takes the run directory
-    (:func:`~npsn.gan.rundir.claim_run_dir`; without --out, a new folder from
-    :func:`~npsn.gan.rundir.new_run_dir`); with ``comm``, every rank learns the folder, or rank 0's
-    refusal (a UsageError on every rank). Other ranks get no lock (None)."""
-    lock, problem = None, None
-    if root:
-        try:
-            if not args.resume and not args.out:
-                out_dir = new_run_dir(out_dir)
-            lock = claim_run_dir(out_dir, "--resume" if args.resume else "--out", resumed.state if resumed else None)
-        except RunDirError as exc:
-            problem = str(exc)
-    if comm is not None:
-        problem, out_dir = comm.bcast_obj((problem, out_dir))
+    problem = command_line_problem(args)
     if problem:
-        raise UsageError(problem)
-    return lock, out_dir
-
-
-# ---------------------------------------------------------------- --distributed (npsn.distributed.launch)
-
-def _launched_ranks():
-    from npsn.distributed.launch import launcher_size
-
-    return launcher_size()
-
-
-def _launched_rank():
-    from npsn.distributed.launch import launcher_rank
-
-    return launcher_rank()
-
-
-def launch_place(device, comm):
-    from npsn.distributed.launch import place_rank
-
-    return place_rank(device, comm)
-
-
-def _agree(comm, problem):
-    from npsn.distributed.launch import agree
-
-    return agree(comm, problem)
-
-
-def _rank(comm):
-    return "" if comm is None else f"rank {comm.rank}: "
-
-
-def _command(comm):
-    prefix = "" if comm is None else f"mpiexec -n {comm.size} "
-    return f"{prefix}python scripts/train_cifar.py" + (" --distributed" if comm is not None else "")
-
-
-def _stop_all(comm, code):
-    """``code``; with --distributed, a failure other ranks did not see: stop them all now (MPI Abort)."""
-    if comm is not None:
-        say(f"error: {_rank(comm)}stopping all {comm.size} ranks", file=sys.stderr)
-        comm.abort(code)
+        if launcher_rank() == 0:  # started by mpiexec: one line, not one per rank
+            say(f"error: {problem}", file=sys.stderr)
+        return 2
+    try:
+        processes = Ranks.start(sync_bn=not args.local_bn) if args.distributed else OneProcess()
+    except DistributedError as exc:  # no mpi4py
+        say(f"error: {exc}", file=sys.stderr)
+        return 2
+    processes.catch_signals()  # SIGTERM (and with --distributed, Ctrl-C) stops training with a checkpoint
+    code = train(args, processes)
+    processes.barrier()  # every exit that reaches here is one all ranks took together (rank 0 has written)
     return code
+
+
+def train(args, processes):
+    """Open the run (npsn.gan.run), train it, and print; returns the exit status. Rank 0 alone prints, but for
+    a failure only its own rank saw, which stops all ranks."""
+    show = say if processes.root else (lambda *a, **k: None)
+    settings = {name: getattr(args, name, None) for name in SETTINGS}
+    where = dict(data=args.data, download=args.download, processes=processes, make_evaluator=make_evaluator)
+    try:
+        run = Run.resume(args.resume, settings, **where) if args.resume else Run.create(settings, args.out, **where)
+        with run:
+            for line in run.describe():
+                show(line)
+            loss_d, loss_g = run.train()
+    except RunError as exc:
+        show(f"error: {exc}", file=sys.stderr)
+        return 2
+    except RunInterrupted as exc:
+        show(f"\n{exc}", file=sys.stderr)
+        return 130
+    except RunFailed as exc:  # local: only this rank saw it (out of memory, a failed write), and it stops all ranks
+        (say if exc.local else show)(f"\nerror: {exc}", file=sys.stderr)
+        return processes.stop_all(1) if exc.local else 1
+    show(f"done: iteration {run.trainer.iteration}, loss_d {loss_d:.4f}, loss_g {loss_g:.4f}; "
+         f"samples and checkpoint in {run.out_dir}")
+    return 0
 
 
 if __name__ == "__main__":

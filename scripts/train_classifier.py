@@ -26,21 +26,15 @@ from npsn.data.cifar10 import CIFAR10Error, load_cifar10
 from npsn.eval.classifier import CHECKPOINT_KIND, DEFAULT_CLASSIFIER_DIR, DEFAULT_WIDTHS
 from npsn.eval.classifier_training import ClassifierConfig, ClassifierRun, train
 from npsn.gan.checkpoint import load_checkpoint
-from npsn.gan.rundir import (RunDirError, check_new_run_dir, check_resume_dir, claim_run_dir, how_to_continue,
-                             read_config_json, read_log, run_state, stale_temp_files, write_json_atomic)
-from npsn.utils.console import flush_at_exit, one_line, say
+from npsn.gan.run import RunError
+from npsn.gan.rundir import (RunDirError, check_new_run_dir, cut_log, how_to_continue, read_log, recorded_run,
+                             start_writing)
+from npsn.utils.console import OneLineParser, flush_at_exit, notice, one_line, say
 from npsn.backend.threads import ThreadsError, environment_threads
 
 COMMAND = "python scripts/train_classifier.py"
 DEFAULTS = ClassifierConfig()
 TRAINING_OPTIONS = ("epochs", "batch_size", "lr", "warmup", "momentum", "weight_decay", "widths", "seed")
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse's parser with its errors on one line (no usage block)."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def widths(text):
@@ -71,10 +65,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-class UsageError(Exception):
-    pass
-
-
 def build(args):
     """``(config, out_dir, checkpoint or None, data path, state)``, everything checked; nothing written.
 
@@ -83,34 +73,33 @@ def build(args):
     given = {name: getattr(args, name) for name in TRAINING_OPTIONS if getattr(args, name) is not None}
     if args.resume:
         if args.out:
-            raise UsageError("--out and --resume exclude each other: a resumed run stays in its own folder")
+            raise RunError("--out and --resume exclude each other: a resumed run stays in its own folder")
         if given:
-            raise UsageError("--resume continues a run with its own settings; drop "
-                             + ", ".join("--" + k.replace("_", "-") for k in given))
+            raise RunError("--resume continues a run with its own settings; drop "
+                           + ", ".join("--" + k.replace("_", "-") for k in given))
         out = args.resume
-        has_checkpoint = check_resume_dir(out)
-        state = run_state(out)
+        recorded = recorded_run(out)
         checkpoint = None
-        if has_checkpoint:
+        if recorded.has_checkpoint:
             checkpoint_path = os.path.join(out, "checkpoint.npz")
             try:
                 checkpoint = load_checkpoint(checkpoint_path)
             except Exception as exc:
-                raise UsageError(f"{checkpoint_path} is damaged ({type(exc).__name__}); restore it from a copy or "
-                                 f"start a new run") from None
+                raise RunError(f"{checkpoint_path} is damaged ({type(exc).__name__}); restore it from a copy or "
+                               f"start a new run") from None
             if not isinstance(checkpoint[1], dict) or checkpoint[1].get("kind") != CHECKPOINT_KIND:
-                raise UsageError(f"{checkpoint_path} is not a classifier checkpoint; --resume takes a folder written "
-                                 f"by scripts/train_classifier.py")
+                raise RunError(f"{checkpoint_path} is not a classifier checkpoint; --resume takes a folder written "
+                               f"by scripts/train_classifier.py")
             read_log(os.path.join(out, "log.jsonl"))
-        config = ClassifierConfig.from_json(read_config_json(out))
+        config = ClassifierConfig.from_json(recorded.values)
         problems = config.problems()
         if problems:
-            raise UsageError(f"{out}/config.json: {problems[0]}; correct that file")
-        return config, out, checkpoint, args.data or config.data or "data", state
+            raise RunError(f"{out}/config.json: {problems[0]}; correct that file")
+        return config, out, checkpoint, args.data or config.data or "data", recorded.state
     config = ClassifierConfig(**given)
     problems = config.problems()
     if problems:
-        raise UsageError(problems[0])
+        raise RunError(problems[0])
     out = args.out or DEFAULT_CLASSIFIER_DIR
     check_new_run_dir(out)
     return config, out, None, args.data or "data", None
@@ -124,15 +113,15 @@ def prepare(args):
     train_data = load_cifar10(data, "train")
     test_data = load_cifar10(data, "test")
     if config.batch_size > len(train_data[0]):
-        raise UsageError(f"--batch-size {config.batch_size} is more than the {len(train_data[0])} training images")
+        raise RunError(f"--batch-size {config.batch_size} is more than the {len(train_data[0])} training images")
     config.data = os.path.abspath(data)
     run = ClassifierRun(config, out)
     if checkpoint is not None:
         try:
             run.restore(*checkpoint, n_items=len(train_data[0]))
         except (KeyError, ValueError, TypeError) as exc:
-            raise UsageError(f"{out}/checkpoint.npz does not fit {out}/config.json ({type(exc).__name__}); "
-                             f"restore both from a copy") from None
+            raise RunError(f"{out}/checkpoint.npz does not fit {out}/config.json ({type(exc).__name__}); "
+                           f"restore both from a copy") from None
     return run, (train_data, test_data), out, checkpoint, state
 
 
@@ -140,8 +129,9 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         run, (train_data, test_data), out, checkpoint, state = prepare(args)
-        lock = claim_run_dir(out, "--resume" if args.resume else "--out", state)  # one process writes a run
-    except (UsageError, RunDirError, CIFAR10Error, ThreadsError) as exc:
+        # one process writes a run: take it, then write its config.json
+        lock = start_writing(out, "--resume" if args.resume else "--out", state, run.config.to_json(), notice)
+    except (RunError, RunDirError, CIFAR10Error, ThreadsError) as exc:
         say(f"error: {exc}", file=sys.stderr)
         return 2
     with lock:
@@ -149,20 +139,10 @@ def main(argv=None):
 
 
 def write_and_train(args, run, train_data, test_data, out, checkpoint):
-    """Everything is valid and the run directory is this process's: write, train; returns the exit status."""
+    """The run directory is this process's and its config.json written: train; returns the exit status."""
     config = run.config
-    for tmp in stale_temp_files(out):
-        os.remove(tmp)
-    log_path = os.path.join(out, "log.jsonl")
-    if checkpoint is not None:
-        # keep the log lines of the epochs the checkpoint holds (a crash may have left one more)
-        lines, records, _ = read_log(log_path)
-        kept = [line for line, record in zip(lines, records) if record.get("epoch", 0) <= run.epoch]
-        with open(log_path, "w") as f:
-            f.writelines(kept)
-    elif os.path.exists(log_path):  # a run started again: the epochs of its earlier attempt are trained again
-        open(log_path, "w").close()
-    write_json_atomic(os.path.join(out, "config.json"), config.to_json())
+    # the log lines of the epochs the checkpoint holds (a crash may have left one more); none at epoch 0
+    cut_log(os.path.join(out, "log.jsonl"), run.epoch, key="epoch", notice=notice)
     if checkpoint:
         started = f"resuming at epoch {run.epoch}"
     elif args.resume:

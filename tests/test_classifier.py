@@ -11,6 +11,7 @@ from npsn.eval import classifier_training
 from npsn.eval.classifier import Classifier, ClassifierError, cross_entropy, load_classifier, softmax
 from npsn.eval.classifier_training import PAD, augment, one_cycle_lr
 from npsn.gan.checkpoint import load_checkpoint
+from npsn.gan.rundir import log_records
 from npsn.nn.maxpool import MaxPool2d
 from script_runner import run_main
 
@@ -152,7 +153,7 @@ def trained(archive, tmp_path_factory):
 
 
 def test_training_writes_a_log_per_epoch_and_a_loadable_checkpoint(trained, archive):
-    log = [json.loads(line) for line in open(os.path.join(trained, "log.jsonl"))]
+    log = log_records(trained)
     assert [r["epoch"] for r in log] == [1, 2] and [r["iteration"] for r in log] == [6, 12]
     assert all(0 <= r["test_accuracy"] <= 1 and np.isfinite(r["train_loss"]) for r in log)
     config = json.load(open(os.path.join(trained, "config.json")))
@@ -181,7 +182,7 @@ def test_interrupted_and_resumed_training_equals_the_uninterrupted_one(trained, 
     assert sorted(a) == sorted(b) and meta_a["augment_state"] == meta_b["augment_state"]
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
-    logs = [[json.loads(line) for line in open(os.path.join(run, "log.jsonl"))] for run in (trained, out)]
+    logs = [log_records(run) for run in (trained, out)]
     assert [{k: v for k, v in r.items() if k != "seconds"} for r in logs[0]] == \
            [{k: v for k, v in r.items() if k != "seconds"} for r in logs[1]]
 

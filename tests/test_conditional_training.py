@@ -16,6 +16,7 @@ from fake_cifar import LABEL_NAMES, write_fake_cifar
 from npsn.data.cifar10 import CIFAR10_CLASSES, MinibatchStream, load_cifar10, load_label_names
 from npsn.eval.evaluation import cycle_labels, generate, load_run
 from npsn.gan.checkpoint import load_checkpoint, save_checkpoint
+from npsn.gan.rundir import log_records
 from npsn.gan.trainer import GRID_COLUMNS, PRESET_SOURCES, PRESETS, Trainer, TrainConfig, preset_config
 from npsn.utils.images import make_grid, to_uint8
 from script_runner import run_main
@@ -42,11 +43,6 @@ def cond_run(archive, tmp_path_factory):
     assert run_main("train_cifar.py", "--data", archive, "--conditional", *TINY, "--iterations", "2",
                     "--sample-every", "0", "--out", run) == 0
     return run
-
-
-def read_log(run_dir):
-    with open(os.path.join(run_dir, "log.jsonl")) as f:
-        return [json.loads(line) for line in f]
 
 
 def losses(log):
@@ -175,7 +171,7 @@ def test_resume_of_a_conditional_run_is_exact(archive, tmp_path, monkeypatch, pr
         assert run_main("train_cifar.py", *common, "--out", split) == 130
     assert load_checkpoint(os.path.join(split, "checkpoint.npz"))[1]["iteration"] == 2
     assert run_main("train_cifar.py", "--resume", split) == 0
-    assert losses(read_log(split)) == losses(read_log(straight))
+    assert losses(log_records(split)) == losses(log_records(straight))
     assert_same_checkpoints(os.path.join(split, "checkpoint.npz"), os.path.join(straight, "checkpoint.npz"))
 
 
@@ -193,8 +189,8 @@ def test_the_label_stream_is_checkpointed(archive, tmp_path):
     save_checkpoint(str(tmp_path / "reset" / "checkpoint.npz"), arrays, meta)
     for run in (split, str(tmp_path / "reset")):
         assert run_main("train_cifar.py", "--resume", run, "--iterations", "4") == 0
-    assert losses(read_log(split)) == losses(read_log(straight))
-    assert losses(read_log(str(tmp_path / "reset")))[2:] != losses(read_log(straight))[2:]
+    assert losses(log_records(split)) == losses(log_records(straight))
+    assert losses(log_records(str(tmp_path / "reset")))[2:] != losses(log_records(straight))[2:]
 
 
 def test_a_checkpoint_without_the_label_stream_is_refused(cond_run, tmp_path, capsys):
@@ -297,6 +293,6 @@ def test_evaluation_during_a_conditional_run(archive, tmp_path):
     out = str(tmp_path / "run")
     assert run_main("train_cifar.py", "--data", archive, "--conditional", *TINY, "--iterations", "2",
                     "--sample-every", "0", "--eval-every", "2", "--eval-images", "20", "--out", out) == 0
-    record = read_log(out)[-1]
+    record = log_records(out)[-1]
     assert np.isfinite(record["swd_mean"]) and record["grad_norm_max"] > 0
     assert "embedding" in " ".join(row["layer"] for row in record["spectral"])

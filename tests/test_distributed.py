@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from fake_cifar import write_fake_cifar
+from npsn.gan.rundir import log_records
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -53,11 +54,6 @@ def checkpoint(run_dir):
         return {k: data[k] for k in data.files if k != "meta"}, json.loads(str(data["meta"]))
 
 
-def log(run_dir):
-    with open(os.path.join(run_dir, "log.jsonl")) as f:
-        return [json.loads(line) for line in f]
-
-
 def assert_same_run(a, b):
     """Two float64 runs' checkpoints and logs agree to 1e-10.
 
@@ -75,8 +71,8 @@ def assert_same_run(a, b):
             assert np.max(np.abs(other), initial=0) < 1e-8, key
             continue
         np.testing.assert_allclose(other, value, rtol=0, atol=1e-10, err_msg=key)
-    assert len(log(a)) == len(log(b))
-    for line_a, line_b in zip(log(a), log(b)):
+    assert len(log_records(a)) == len(log_records(b))
+    for line_a, line_b in zip(log_records(a), log_records(b)):
         assert line_a["iteration"] == line_b["iteration"]
         np.testing.assert_allclose([line_b["loss_d"], line_b["loss_g"]], [line_a["loss_d"], line_a["loss_g"]],
                                    rtol=0, atol=1e-10)
@@ -159,12 +155,12 @@ def test_script_trains_logs_once_and_resumes_with_another_number_of_ranks(archiv
     assert done.stdout.count("done: iteration 2") == 1  # rank 0 alone prints
     assert "global batch 8 = 2 x 4, G's BatchNorm synchronized" in done.stdout
     assert sorted(os.listdir(two)) == sorted(os.listdir(one))
-    assert [r["iteration"] for r in log(two)] == [1, 2]  # one line per iteration: rank 0 alone writes
-    for a, b in zip(log(one), log(two)):  # float32: the same losses up to the rounding of the sums
+    assert [r["iteration"] for r in log_records(two)] == [1, 2]  # one line per iteration: rank 0 alone writes
+    for a, b in zip(log_records(one), log_records(two)):  # float32: the same losses up to the rounding of the sums
         np.testing.assert_allclose([b["loss_d"], b["loss_g"]], [a["loss_d"], a["loss_g"]], rtol=1e-4, atol=1e-5)
     launch(SCRIPT, "--resume", two, "--iterations", "3", ranks=1)
     launch(SCRIPT, "--distributed", "--resume", two, "--iterations", "4")
-    assert [r["iteration"] for r in log(two)] == [1, 2, 3, 4]
+    assert [r["iteration"] for r in log_records(two)] == [1, 2, 3, 4]
 
 
 def test_script_refuses_a_batch_not_divisible_by_the_ranks_in_one_line(archive, tmp_path):
@@ -196,7 +192,7 @@ def test_script_refuses_in_one_line_before_writing(archive, tmp_path, options, m
 def test_without_out_rank_0_names_the_run_for_every_rank(archive, tmp_path):
     launch(SCRIPT, "--distributed", "--data", archive, *TINY, "--iterations", "2", cwd=str(tmp_path))
     runs = os.listdir(tmp_path / "runs")
-    assert len(runs) == 1 and [r["iteration"] for r in log(tmp_path / "runs" / runs[0])] == [1, 2]
+    assert len(runs) == 1 and [r["iteration"] for r in log_records(tmp_path / "runs" / runs[0])] == [1, 2]
 
 
 def test_a_run_the_ranks_train_refuses_a_second_process(archive, tmp_path, capsys):
@@ -239,7 +235,7 @@ def test_sigterm_to_one_rank_stops_all_ranks_after_the_same_iteration_with_a_che
     stdout, stderr = process.communicate(timeout=TIMEOUT)
     assert process.returncode == 130, stderr
     _, meta = checkpoint(out)
-    assert log(out)[-1]["iteration"] == meta["iteration"]  # the last completed iteration, logged and saved
+    assert log_records(out)[-1]["iteration"] == meta["iteration"]  # the last completed iteration, logged and saved
     assert stderr.strip().splitlines()[-1] == (
         f"interrupted at iteration {meta['iteration']}; checkpoint written. Continue with: "
         f"mpiexec -n 2 python scripts/train_cifar.py --distributed --resume {out}")

@@ -15,6 +15,7 @@ import strict_cupy
 
 from npsn import backend
 from npsn.backend import to_device, to_numpy
+from npsn.gan.rundir import log_records
 
 K = 10  # classes
 
@@ -281,10 +282,7 @@ def test_conditional_scripts_on_the_stand_in(tmp_path, strict_gpu):
         assert run_main("train_cifar.py", *common, "--out", run, "--device", "gpu") == 0
     assert counts.ops > 0 and counts.syncs > 0  # it really ran on the stand-in
     assert run_main("train_cifar.py", *common, "--out", cpu_run, "--device", "cpu") == 0
-    logs = []
-    for r in (run, cpu_run):
-        with open(os.path.join(r, "log.jsonl")) as f:
-            logs.append([json.loads(line) for line in f])
+    logs = [log_records(r) for r in (run, cpu_run)]
     np.testing.assert_allclose([(r["loss_d"], r["loss_g"]) for r in logs[0]],
                                [(r["loss_d"], r["loss_g"]) for r in logs[1]], rtol=1e-4, atol=1e-5)
 

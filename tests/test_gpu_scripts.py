@@ -5,7 +5,6 @@
 keyword on the way raises. The stand-in computes with NumPy, so its numbers must match the
 CPU run's (up to the order of float32 sums); exact resuming must hold on the GPU path too.
 """
-import json
 import os
 
 import numpy as np
@@ -13,18 +12,14 @@ import pytest
 from PIL import Image
 
 from fake_cifar import write_fake_cifar
+from npsn.gan.rundir import log_records
 from script_runner import run_main
 
 TINY = ["--g-ch", "16", "--d-ch", "8", "--batch-size", "8", "--log-every", "1"]
 
 
-def read_log(run_dir):
-    with open(os.path.join(run_dir, "log.jsonl")) as f:
-        return [json.loads(line) for line in f]
-
-
 def losses(run_dir):
-    return np.array([(r["loss_d"], r["loss_g"]) for r in read_log(run_dir)])
+    return np.array([(r["loss_d"], r["loss_g"]) for r in log_records(run_dir)])
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +35,7 @@ def test_train_checkpoint_resume_sample_evaluate_on_the_gpu_path(archive, tmp_pa
                         "--eval-every", "4", "--eval-images", "20") == 0
     assert counts.ops > 0 and counts.syncs > 0  # it really ran on the stand-in
     assert {"checkpoint.npz", "samples_000002.png", "samples_final.png"} <= set(os.listdir(full))
-    assert "swd_mean" in read_log(full)[-1]
+    assert "swd_mean" in log_records(full)[-1]
 
     # the same run on the CPU: the same losses (the stand-in computes with NumPy)
     assert run_main("train_cifar.py", *common, "--iterations", "4", "--out", cpu, "--device", "cpu") == 0

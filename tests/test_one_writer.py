@@ -16,6 +16,7 @@ import time
 import pytest
 
 from fake_cifar import write_fake_cifar
+from npsn.gan.rundir import log_records
 from script_runner import SCRIPTS, run_main
 from test_cli_errors import TINY, snapshot
 
@@ -58,12 +59,8 @@ def wait_for(condition, process, what):
 
 
 def logged_iterations(run):
-    """The iterations of the complete lines of run/log.jsonl."""
-    try:
-        with open(os.path.join(run, "log.jsonl")) as f:
-            return [json.loads(line)["iteration"] for line in f if line.endswith("\n")]
-    except FileNotFoundError:
-        return []
+    """The iterations of the complete lines of run/log.jsonl (none before it exists)."""
+    return [record["iteration"] for record in log_records(run)]
 
 
 def training(archive, run):

@@ -1,8 +1,5 @@
 """SpectralNorm(mode="operator"): sigma is the convolution's operator norm, checked against numpy.linalg.svd
 of the explicit convolution matrix (the map applied to every basis image)."""
-import os
-import runpy
-import sys
 
 import numpy as np
 import pytest
@@ -383,13 +380,16 @@ def test_discriminators_in_operator_mode(model):
         build_gan(model, g_ch=8, d_ch=8, sn_mode="kernel")
 
 
-def test_command_lines_take_sn_mode():
-    scripts = os.path.join(os.path.dirname(__file__), "..", "scripts")
-    sys.path.insert(0, scripts)
-    train = runpy.run_path(os.path.join(scripts, "train_cifar.py"), run_name="npsn_script_under_test")
-    assert train["parse_args"](["--sn-mode", "operator"]).sn_mode == "operator"
-    with pytest.raises(SystemExit):
-        train["parse_args"](["--sn-mode", "kernel"])
+def test_command_lines_take_sn_mode(capsys):
+    from npsn.gan.run import new_run_config
+    from script_runner import run_main
+
+    assert new_run_config({"sn_mode": "operator"})[0].sn_mode == "operator"
+    # the script takes --sn-mode operator (and then refuses --no-sn with it, before reading or writing anything)
+    assert run_main("train_cifar.py", "--sn-mode", "operator", "--no-sn") == 2
+    assert "--no-sn turns that off" in capsys.readouterr().err
+    assert run_main("train_cifar.py", "--sn-mode", "kernel") == 2
+    assert "argument --sn-mode: invalid choice: 'kernel'" in capsys.readouterr().err
     from benchmarks.config import SN_MODES as BENCH_SN_MODES, BenchConfig
 
     assert BENCH_SN_MODES == SN_MODES

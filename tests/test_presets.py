@@ -19,6 +19,7 @@ import pytest
 from fake_cifar import write_fake_cifar
 from npsn.gan.checkpoint import load_checkpoint
 from npsn.gan.models import gan_from_config, sample_latent
+from npsn.gan.rundir import log_records
 from npsn.gan.trainer import PRESET_SOURCES, PRESETS, Trainer, TrainConfig, preset_config
 from npsn.nn.module import Sequential
 from test_train import run_script
@@ -247,8 +248,7 @@ def test_dequantized_pixels_fill_each_pixels_interval(images, tmp_path):
 
 
 def log_losses(run_dir):
-    with open(os.path.join(run_dir, "log.jsonl")) as f:
-        return [(r["iteration"], r["loss_d"], r["loss_g"], r["sigma"]) for r in map(json.loads, f)]
+    return [(r["iteration"], r["loss_d"], r["loss_g"], r["sigma"]) for r in log_records(run_dir)]
 
 
 def test_resume_is_exact_with_a_g_batch_and_the_dequantization_noise(images, tmp_path):

@@ -10,14 +10,10 @@ from PIL import Image
 from fake_cifar import write_fake_cifar
 from npsn import backend
 from npsn.gan.checkpoint import load_checkpoint
+from npsn.gan.rundir import log_records
 from script_runner import SCRIPTS, run_main
 
 TINY = ["--g-ch", "16", "--d-ch", "8", "--batch-size", "8", "--sample-every", "0", "--log-every", "1"]
-
-
-def read_log(run_dir):
-    with open(os.path.join(run_dir, "log.jsonl")) as f:
-        return [json.loads(line) for line in f]
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +33,7 @@ def runs(archive, tmp_path_factory):
 
 
 def test_evaluation_is_logged(runs):
-    log = read_log(runs[0])
+    log = log_records(runs[0])
     evaluated = [r for r in log if "swd_mean" in r]
     assert [r["iteration"] for r in evaluated] == [2, 4]
     for r in evaluated:
@@ -50,7 +46,7 @@ def test_evaluation_is_logged(runs):
 
 
 def test_evaluation_does_not_change_training(runs):
-    with_eval, without_eval = (read_log(run) for run in runs)
+    with_eval, without_eval = (log_records(run) for run in runs)
     assert [(r["iteration"], r["loss_d"], r["loss_g"], r["sigma"]) for r in with_eval] == \
            [(r["iteration"], r["loss_d"], r["loss_g"], r["sigma"]) for r in without_eval]
     (arrays_a, meta_a), (arrays_b, meta_b) = (load_checkpoint(os.path.join(run, "checkpoint.npz")) for run in runs)

@@ -1,8 +1,6 @@
 """Training end to end on a small synthetic CIFAR-like archive: files, exact resume, divergence, Ctrl-C, CLI errors."""
 import json
 import os
-import runpy
-import sys
 
 import numpy as np
 import pytest
@@ -10,10 +8,10 @@ import pytest
 from fake_cifar import write_fake_cifar
 from npsn import backend
 from npsn.gan.checkpoint import load_checkpoint
+from npsn.gan.rundir import log_records
 from npsn.gan.trainer import Trainer, TrainingDiverged, preset_config
+from script_runner import run_main
 
-SCRIPT = os.path.join(os.path.dirname(__file__), "..", "scripts", "train_cifar.py")
-sys.path.insert(0, os.path.dirname(SCRIPT))  # for the script's `import preamble` (`python scripts/x.py` puts it there)
 TINY = ["--g-ch", "16", "--d-ch", "8", "--batch-size", "8"]
 
 
@@ -23,21 +21,8 @@ def archive(tmp_path_factory):
 
 
 def run_script(*argv):
-    """Run scripts/train_cifar.py in-process; returns its exit code."""
-    old = sys.argv
-    sys.argv = [SCRIPT, *argv]
-    try:
-        runpy.run_path(SCRIPT, run_name="__main__")
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    finally:
-        sys.argv = old
-    return 0
-
-
-def read_log(run_dir):
-    with open(os.path.join(run_dir, "log.jsonl")) as f:
-        return [json.loads(line) for line in f]
+    """scripts/train_cifar.py's main, in-process (tests/script_runner.py); returns its exit status."""
+    return run_main("train_cifar.py", *argv)
 
 
 def losses(log):
@@ -52,7 +37,7 @@ def test_a_few_iterations_write_every_file(archive, tmp_path, model):
     assert code == 0
     assert sorted(os.listdir(out)) == [".lock", "checkpoint.npz", "config.json", "log.jsonl", "samples_000001.png",
                                        "samples_000002.png", "samples_000004.png", "samples_final.png"]
-    log = read_log(out)
+    log = log_records(out)
     assert [r["iteration"] for r in log] == [2, 4]
     for r in log:
         assert np.isfinite(r["loss_d"]) and np.isfinite(r["loss_g"])
@@ -81,7 +66,7 @@ def test_resume_reproduces_the_uninterrupted_losses(archive, tmp_path):
         json.dump(config.__dict__, f)
     Trainer(config, images, split).run(until=3, progress=False)
     assert run_script("--data", archive, "--resume", split) == 0
-    assert losses(read_log(split)) == losses(read_log(straight))
+    assert losses(log_records(split)) == losses(log_records(straight))
 
 
 def test_ctrl_c_writes_a_checkpoint_that_resumes_exactly(archive, tmp_path):
@@ -106,7 +91,7 @@ def test_ctrl_c_writes_a_checkpoint_that_resumes_exactly(archive, tmp_path):
         trainer.run(progress=False)
     assert load_checkpoint(trainer.checkpoint_path)[1]["iteration"] == 2
     Trainer(config, images, run_dir, resume=True).run(progress=False)
-    assert losses(read_log(run_dir)) == losses(read_log(reference.out_dir))
+    assert losses(log_records(run_dir)) == losses(log_records(reference.out_dir))
 
 
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(archive, tmp_path):
@@ -147,7 +132,7 @@ def test_gpu_training_smoke(archive, tmp_path, device):
     out = str(tmp_path / "run")
     assert run_script("--data", archive, "--device", device, "--iterations", "2", *TINY, "--out", out,
                       "--log-every", "1", "--sample-every", "0") == 0
-    assert all(np.isfinite(r["loss_d"]) for r in read_log(out))
+    assert all(np.isfinite(r["loss_d"]) for r in log_records(out))
 
 
 def test_one_divergence_check_for_every_training_loop():

@@ -4,13 +4,20 @@
 * :func:`place_rank`: GPU rank r uses device ``local_rank mod`` (GPUs on its node); CPU ranks
   split the node's cores (npsn's host threads, :func:`npsn.backend.threads.set_num_threads`);
 * :func:`agree`: every rank reports its validation problem (or None) and all get the first one,
-  so that every rank stops before anything is written, or none does.
+  so that every rank stops before anything is written, or none does;
+* :class:`Ranks`: the ranks as the ``processes`` of a :class:`~npsn.gan.run.Run`, which uses the
+  three above.
 """
 import os
+import signal
+import sys
 
 from npsn import backend
 from npsn.distributed.comm import create_communicator, abort_on_uncaught_exception
+from npsn.distributed.trainer import DistributedTrainer, StopRequest
 from npsn.backend import threads
+from npsn.gan.run import RunError, flag
+from npsn.utils.console import say
 
 
 def start():
@@ -67,3 +74,72 @@ def agree(comm, problem):
         if message:
             return message if rank == 0 else f"rank {rank}: {message}"
     return None
+
+
+class Ranks:
+    """The ranks of a data-parallel run (``mpiexec -n R python scripts/train_cifar.py --distributed``), as the
+    ``processes`` of a :class:`~npsn.gan.run.Run`: :class:`~npsn.gan.run.OneProcess`'s attributes and methods.
+
+    Every rank checks the run and builds its :class:`~npsn.distributed.trainer.DistributedTrainer`;
+    the ranks then agree (the first problem of any rank stops all of them before anything is
+    written); rank 0 alone takes the run directory, writes and prints. A failure that only some
+    ranks see stops all of them (:meth:`stop_all`, an MPI Abort).
+
+    Args:
+        comm: the communicator (:mod:`npsn.distributed.comm`).
+        sync_bn: G's BatchNorm uses the global batch's statistics (default); False: each rank's own.
+    """
+
+    def __init__(self, comm, sync_bn=True):
+        self.comm, self.sync_bn = comm, sync_bn
+        self.stop = StopRequest()  # set by a signal on any rank; every rank stops after the same iteration
+        self.root = comm.rank == 0
+        self.rank_prefix = f"rank {comm.rank}: "
+        self.placed = None  # this rank's device, in words (place)
+
+    @classmethod
+    def start(cls, sync_bn=True):
+        """The ranks of this run (:func:`start`); DistributedError when MPI cannot be used."""
+        return cls(start(), sync_bn)
+
+    def catch_signals(self):
+        """Ctrl-C and SIGTERM become a stop request, which every rank honours after the same iteration
+        (a KeyboardInterrupt in the middle of a collective would leave the other ranks waiting)."""
+        signal.signal(signal.SIGINT, self.stop.handler)
+        signal.signal(signal.SIGTERM, self.stop.handler)
+
+    def command(self, base):
+        return f"mpiexec -n {self.comm.size} {base} --distributed"
+
+    def check(self, config):
+        """RunError when a global batch does not split over the ranks."""
+        for name in ("batch_size", "g_batch_size"):
+            if getattr(config, name) % self.comm.size:
+                raise RunError(f"argument {flag(name)}: {getattr(config, name)} is the global batch and must be "
+                               f"divisible by the {self.comm.size} ranks; give a multiple of {self.comm.size}")
+
+    def place(self, device):
+        self.placed = place_rank(device, self.comm)
+
+    def trainer(self, config, images, out_dir, **options):
+        return DistributedTrainer(config, images, out_dir, self.comm, sync_bn=self.sync_bn, stop=self.stop, **options)
+
+    def agree(self, problem):
+        return agree(self.comm, problem)
+
+    def share(self, value):
+        return self.comm.bcast_obj(value)
+
+    def describe(self, config):
+        per_rank = config.batch_size // self.comm.size
+        return (f"data-parallel: {self.comm.name}, global batch {config.batch_size} = {self.comm.size} x {per_rank}, "
+                f"G's BatchNorm {'synchronized' if self.sync_bn else 'per rank'}; rank 0: {self.placed}")
+
+    def stop_all(self, code):
+        """Stop every rank now (MPI Abort with ``code``), after a failure the others did not see."""
+        say(f"error: {self.rank_prefix}stopping all {self.comm.size} ranks", file=sys.stderr)
+        self.comm.abort(code)
+        return code
+
+    def barrier(self):
+        self.comm.barrier()

@@ -15,7 +15,13 @@ second process is refused in one line, early by :func:`check_not_locked` (which 
 nothing), and for certain by :func:`claim_run_dir`, which also checks that nobody wrote the
 run between the checks and the claim. A run started without ``--out`` gets its folder from
 :func:`new_run_dir`, unique even for runs started in the same second.
+
+The life of a GAN run that uses these pieces (options, checks, lock, config.json, training) is
+:class:`npsn.gan.run.Run`; ``scripts/train_classifier.py`` uses them for its classifier: a run to
+resume is read with :func:`recorded_run`, taken and its config.json written with
+:func:`start_writing`, and its log cut back to its checkpoint with :func:`cut_log`.
 """
+import dataclasses
 import glob
 import json
 import os
@@ -93,6 +99,30 @@ def check_resume_dir(run_dir):
     if not os.access(run_dir, os.W_OK | os.X_OK):
         raise RunDirError(f"--resume {run_dir}: the run directory is not writable")
     return os.path.isfile(os.path.join(run_dir, "checkpoint.npz"))
+
+
+@dataclasses.dataclass
+class RecordedRun:
+    """What ``--resume`` found in a run directory (:func:`recorded_run`): the values of its config.json,
+    whether it holds a checkpoint, and its :func:`run_state` when it was checked (what
+    :func:`claim_run_dir` compares, to see that nobody wrote the run since)."""
+
+    run_dir: str
+    values: dict
+    has_checkpoint: bool
+    state: tuple
+
+
+def recorded_run(run_dir):
+    """The run in ``run_dir``, to resume: :func:`check_resume_dir`, then its state, then its config.json.
+
+    The state is taken before config.json is read, so that a write by another process from then on
+    is noticed by the claim. Raises :class:`RunDirError` (no run there, in use, not writable, or a
+    config.json that is not a JSON object).
+    """
+    has_checkpoint = check_resume_dir(run_dir)
+    state = run_state(run_dir)
+    return RecordedRun(run_dir, read_config_json(run_dir), has_checkpoint, state)
 
 
 # ---------------------------------------------------------------- one writer per run directory
@@ -197,6 +227,27 @@ def claim_run_dir(run_dir, option, state=None):
     return lock
 
 
+def start_writing(run_dir, option, state, config_values, notice=None):
+    """Make ``run_dir`` this process's (:func:`claim_run_dir`), then begin writing it: remove the temporary
+    files a process killed during a save left (each named through ``notice``), and write ``config_values`` as
+    its config.json (:func:`write_json_atomic`).
+
+    Returns the :class:`RunLock`; when a step after the claim fails, the lock is released and the
+    exception propagates (RunDirError from the claim; OSError from a write).
+    """
+    lock = claim_run_dir(run_dir, option, state)
+    try:
+        for tmp in stale_temp_files(run_dir):
+            os.remove(tmp)
+            if notice:
+                notice(f"note: removed {tmp} (a partial checkpoint left by a process killed during a save)")
+        write_json_atomic(os.path.join(run_dir, "config.json"), config_values)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
 def new_run_dir(base):
     """Create the folder ``base``, or ``base-2``, ``base-3``, ... (the first name not taken); returns its path.
 
@@ -295,6 +346,34 @@ def read_log(path):
         kept.append(line if line.endswith("\n") else line + "\n")
         records.append(record)
     return kept, records, torn
+
+
+def log_records(run_dir):
+    """The records of ``run_dir``'s log.jsonl, oldest first (none when it has no log; see :func:`read_log`)."""
+    return read_log(os.path.join(run_dir, "log.jsonl"))[1]
+
+
+def cut_log(path, last, key="iteration", notice=None):
+    """Cut a run's log back to the checkpoint it continues from, before it appends again.
+
+    Keeps the lines whose record's ``key`` is at most ``last`` (a crash after the checkpoint may
+    have logged later ones) and drops a torn last line (a crash in mid-write), naming it through
+    ``notice``. ``last`` 0 (a new run, or one started again because it stopped before its first
+    checkpoint) empties the log: its earlier attempt's iterations are trained again. The file is
+    rewritten only when a line goes.
+    """
+    if not os.path.exists(path):
+        return
+    if last == 0:
+        open(path, "w").close()
+        return
+    lines, records, torn = read_log(path)
+    if torn and notice:
+        notice(f"note: {path}: dropped a torn last line (written in part by a crash)")
+    kept = [line for line, record in zip(lines, records) if record.get(key, 0) <= last]
+    if len(kept) != len(lines) or torn:
+        with open(path, "w") as f:
+            f.writelines(kept)
 
 
 def stale_temp_files(run_dir):

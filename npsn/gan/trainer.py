@@ -16,7 +16,6 @@ import dataclasses
 import json
 import math
 import os
-import sys
 import time
 
 import numpy as np
@@ -25,13 +24,13 @@ from npsn import backend
 from npsn.data.cifar10 import CIFAR10_CLASSES, MinibatchStream
 from npsn.data.pixels import pixels_to_dequantized, pixels_to_unit
 from npsn.gan.checkpoint import flatten, load_checkpoint, load_modules, save_checkpoint, unflatten
-from npsn.gan.rundir import read_log
+from npsn.gan.rundir import cut_log
 from npsn.gan.losses import get_loss
 from npsn.gan.models import gan_from_config, sample_latent
 from npsn.gan.updates import TrainingDiverged, check_finite, discriminator_update, gan_iteration, generator_update
 from npsn.nn.spectral_norm import spectral_layers
 from npsn.optim import Adam
-from npsn.utils.console import say
+from npsn.utils.console import notice
 from npsn.utils.images import save_class_grid, save_grid
 from npsn.utils.progress import ProgressBar
 
@@ -150,6 +149,19 @@ def preset_description(config):
                 if getattr(config, name) != preset[name]]
     text = f"{config.preset}: {PRESET_SOURCES[config.preset]}"
     return text + (f" (this run replaces the preset's {' and its '.join(replaced)})" if replaced else "")
+
+
+def presets_help():
+    """Every preset in two lines, its source and its values (``scripts/train_cifar.py --help`` ends with it).
+
+    >>> print(presets_help().splitlines()[1])  # doctest: +ELLIPSIS
+      cnn: npsn's earlier default = paper-cnn-hinge: Table 3 CNN, hinge loss, ...
+    """
+    lines = ["presets (each value can be overridden by its option):"]
+    for name, values in PRESETS.items():
+        lines.append(f"  {name}: {PRESET_SOURCES[name]}")
+        lines.append("      " + ", ".join(f"{k}={v}" for k, v in values.items()))
+    return "\n".join(lines)
 
 
 def preset_config(preset, **overrides):
@@ -306,7 +318,7 @@ class Trainer:
         self.iteration = 0
         self.saved_iteration = None  # the iteration of the checkpoint on disk (None: none written yet)
         self.evaluator = None
-        self.notice = lambda message: say(message, file=sys.stderr)
+        self.notice = notice  # where a note for the user goes (stderr); replaceable, e.g. to collect them
         if resume:
             self.load(self.checkpoint_path)
 
@@ -466,21 +478,10 @@ class Trainer:
         return open(self.log_path, "a")
 
     def _truncate_log(self):
-        """Drop log lines written after the checkpoint we resume from (a crash may have left some),
-        and a torn last line (a crash in mid-write), with a notice. At iteration 0 (a new run, or one
-        started again because it stopped before its first checkpoint) the log starts empty."""
-        if not os.path.exists(self.log_path):
-            return
-        if self.iteration == 0:  # an earlier attempt's lines, if any: its iterations are trained again
-            open(self.log_path, "w").close()
-            return
-        lines, records, torn = read_log(self.log_path)
-        if torn:
-            self.notice(f"note: {self.log_path}: dropped a torn last line (written in part by a crash)")
-        kept = [line for line, record in zip(lines, records) if record["iteration"] <= self.iteration]
-        if torn or len(kept) != len(lines):
-            with open(self.log_path, "w") as f:
-                f.writelines(kept)
+        """Cut the log back to the iteration we start from (:func:`~npsn.gan.rundir.cut_log`): later lines
+        (a crash may have left some) and a torn last line go, the latter with a notice; at iteration 0 (a new
+        run, or one started again because it stopped before its first checkpoint) the log starts empty."""
+        cut_log(self.log_path, self.iteration, notice=self.notice)
 
     # ------------------------------------------------------------------ the loop
     def run(self, until=None, progress=True):

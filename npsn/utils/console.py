@@ -7,8 +7,10 @@ training nor be reported as a failed write. :func:`write` and :func:`say` drop s
 and point the stream's file descriptor at ``os.devnull`` (:func:`silence`), so that every later
 write to it, and the interpreter's own flush at exit, go nowhere instead of failing. Every
 other error propagates as it is. The training scripts print through these, and call
-:func:`flush_at_exit` last.
+:func:`flush_at_exit` last. Their command lines are parsed by :class:`OneLineParser`, whose errors
+are one line, like every other error of theirs.
 """
+import argparse
 import os
 import sys
 
@@ -53,6 +55,11 @@ def say(*values, file=None, sep=" ", end="\n"):
     write(sys.stdout if file is None else file, sep.join(str(value) for value in values) + end)
 
 
+def notice(message):
+    """A line for the user on stderr (a note, a warning): :func:`say` to ``sys.stderr``."""
+    say(message, file=sys.stderr)
+
+
 def one_line(text, limit=160):
     """``text`` (a message, an exception) on one line of at most ``limit`` characters.
 
@@ -75,3 +82,11 @@ def flush_at_exit():
             silence(stream)
         except (AttributeError, OSError, ValueError):
             pass
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's parser with its errors on one line (no usage block): ``<prog>: error: <message> (see --help)``,
+    exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
