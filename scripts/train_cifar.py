@@ -44,12 +44,13 @@ import time
 
 from npsn import backend
 from npsn.data.cifar10 import CIFAR10Error, download_cifar10, load_cifar10, load_label_names
-from npsn.gan.losses import LOSSES
+from npsn.gan.cnn import D_NORMS
 from npsn.gan.models import MODELS, Z_DISTRIBUTIONS
 from npsn.gan.rundir import (RunDirError, check_new_run_dir, check_resume_dir, read_checkpoint, read_config_json,
                              read_log, stale_temp_files, write_json_atomic)
-from npsn.gan.trainer import (LR_DECAYS, PIXEL_MAPPINGS, PRESET_SOURCES, PRESETS, RESUMABLE_OPTIONS, Trainer,
-                              TrainingDiverged, TrainConfig, config_problems, preset_config)
+from npsn.gan.trainer import (LEGACY_FIELDS, LOSS_CHOICES, LR_DECAYS, PIXEL_MAPPINGS, PRESET_SOURCES, PRESETS,
+                              RESUMABLE_OPTIONS, SETTINGS, Trainer, TrainingDiverged, TrainConfig, config_problems,
+                              preset_config)
 from npsn.nn.spectral_norm import SN_MODES
 from npsn.utils.allocator import keep_freed_memory
 
@@ -81,7 +82,8 @@ def parse_args(argv=None):
     p.add_argument("--model", choices=MODELS,
                    help="the architecture, overriding the preset's: cnn (Table 3), resnet (Table 4), "
                         "sndcgan (chainer-gan-lib)")
-    p.add_argument("--loss", choices=tuple(LOSSES))
+    p.add_argument("--loss", choices=LOSS_CHOICES,
+                   help="D's loss on logits, or wgan-gp / gan-gp: wasserstein / nonsaturating with the gradient penalty")
     p.add_argument("--iterations", type=int, help="generator updates")
     p.add_argument("--batch-size", type=int, help="real (and generated) images per D update")
     p.add_argument("--g-batch-size", type=int,
@@ -92,6 +94,8 @@ def parse_args(argv=None):
     p.add_argument("--d-final-bias", choices=("yes", "no"), help="a bias on D's final dense layer")
     p.add_argument("--conditional", dest="num_classes", action="store_const", const=10,
                    help="class-conditional on CIFAR-10's 10 classes: conditional BN in G, projection D")
+    p.add_argument("--setting", choices=tuple(SETTINGS),
+                   help="the paper's Table 1 setting: lr, beta1, beta2 and n_dis (each overridden by its option)")
     p.add_argument("--lr", type=float)
     p.add_argument("--beta1", type=float)
     p.add_argument("--beta2", type=float)
@@ -99,7 +103,12 @@ def parse_args(argv=None):
     p.add_argument("--lr-decay", choices=LR_DECAYS)
     p.add_argument("--g-ch", type=int, help="generator base width (default: the paper's)")
     p.add_argument("--d-ch", type=int, help="discriminator base width (default: the paper's)")
-    p.add_argument("--no-sn", dest="sn", action="store_const", const=False, help="no spectral normalization in D")
+    p.add_argument("--d-norm", choices=D_NORMS,
+                   help="D's normalization (cnn, sndcgan): sn (default), none, or the paper's bn, ln, wn (no gain), "
+                        "ortho (orthonormal init and regularization)")
+    p.add_argument("--no-sn", dest="d_norm", action="store_const", const="none", help="= --d-norm none")
+    p.add_argument("--weight-clip", type=float, metavar="C",
+                   help="clip D's layer weights to [-C, C] after each D update (the paper: 0.01); 0: off")
     p.add_argument("--sn-mode", choices=SN_MODES, help="D's conv sigma: matrix (the paper's, default) or operator")
     p.add_argument("--seed", type=int)
     p.add_argument("--data", help="cifar-10-python.tar.gz or its extracted folder (default: ./data)")
@@ -131,11 +140,11 @@ class UsageError(Exception):
     """A bad option, run directory or run file: main prints the message on one line and exits with 2."""
 
 
-SWITCHES = {"sn": "--no-sn", "num_classes": "--conditional"}  # config fields set by an option without a value
+SWITCHES = {"num_classes": "--conditional"}  # config fields set by an option without a value
 
 
 def flag(name):
-    """The command-line option of a config field ("batch_size" -> "--batch-size"; "sn" -> "--no-sn")."""
+    """The command-line option of a config field ("batch_size" -> "--batch-size"; "num_classes" -> "--conditional")."""
     return SWITCHES.get(name, "--" + name.replace("_", "-"))
 
 
@@ -174,7 +183,7 @@ def build_config(args):
     check_resume_dir(run_dir)
     config_path = os.path.join(run_dir, "config.json")
     stored = read_config_json(run_dir)
-    unknown = sorted(set(stored) - set(CONFIG_OPTIONS) - {"data", "source"})
+    unknown = sorted(set(stored) - set(CONFIG_OPTIONS) - set(LEGACY_FIELDS) - {"data", "source"})
     if unknown:
         raise UsageError(f"{config_path} has unknown settings {', '.join(unknown)} (damaged, or from another "
                          f"version of npsn); correct that file")

@@ -132,7 +132,7 @@ CASES = [
     ("--out an existing run", NEW + ["--out", "{tmp}/RUN"], None, "--resume"),
     ("--out with --resume", RESUME + ["--out", "{tmp}/NEW"], None, "give only --resume"),
     ("resume: other model", RESUME + ["--model", "resnet"], None, "model=cnn, which cannot change on resume"),
-    ("resume: SN off", RESUME + ["--no-sn"], None, "--no-sn: the run"),
+    ("resume: SN off", RESUME + ["--no-sn"], None, "--d-norm none: the run in"),
     ("resume: other batch size", RESUME + ["--batch-size", "16"], None, "batch_size=8"),
     ("resume: other width", RESUME + ["--d-ch", "16"], None, "d_ch=8"),
     ("resume: bad lr", RESUME + ["--lr", "-1"], None, "--lr: must be greater than 0"),
