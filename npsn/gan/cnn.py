@@ -139,8 +139,8 @@ def cnn_discriminator(ch=64, sn=True, slope=0.1, image_size=32, rng=None, sn_mod
     * "ortho": every weight a random orthonormal operator (:func:`~npsn.nn.init.orthogonal`), biases 0; the
       regularization is a term of D's objective (:mod:`npsn.gan.orthonormal`).
 
-    For one seed, "sn", "none", "wn" and "bn"/"ln" draw the same initial weights (the same rng calls);
-    "ortho" draws its own.
+    For one seed, "none" and "wn" draw the same initial weights (the same rng calls); "sn" draws SN's u, v
+    between the layers, "bn" and "ln" have convolutions without a bias to draw, "ortho" draws its own.
 
     ``num_classes`` K > 0: D(x, y), the projection discriminator: the dense layer becomes
     ``Projection(dense layer, SN embedding (K, bottom*bottom*512))`` on the flattened features ("sn" or "none").
