@@ -18,8 +18,11 @@ and continues; of its options only these may change on resume: --iterations, --l
 --device, --log-every, --sample-every, --checkpoint-every, --checkpoint-minutes, --eval-every,
 --eval-images (and --data, when the data has moved). Any other option that differs from the
 run's is refused (among them --preset, --model, --batch-size, --g-batch-size, --z-dist, --pixels,
---d-final-bias and --conditional: they fix the architecture, the random streams or what an update
-averages).
+--d-final-bias, --conditional, --d-norm, --loss, --weight-clip and --setting: they fix the architecture,
+the random streams or what an update computes).
+
+The paper's competing discriminators (cnn and sndcgan): --d-norm none|bn|ln|wn|ortho, --loss wgan-gp|gan-gp
+(the gradient penalty), --weight-clip C; --setting A..F sets Table 1's lr, betas and n_dis (see the README).
 
 --conditional trains a class-conditional GAN on CIFAR-10's 10 classes (any --model; conditional
 BatchNorm in G, a projection discriminator): D sees each real image's label, G's labels are drawn
