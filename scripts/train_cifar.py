@@ -308,6 +308,9 @@ def train(args, comm=None, stop=None):
                 if getattr(config, name) % comm.size:
                     raise UsageError(f"argument {flag(name)}: {getattr(config, name)} is the global batch and must "
                                      f"be divisible by the {comm.size} ranks; give a multiple of {comm.size}")
+            from npsn.distributed.trainer import unsupported
+            if unsupported(config):
+                raise UsageError(unsupported(config))
             placed = launch_place(config.device, comm)
         # Large im2col temporaries: keep freed memory for reuse instead of page-faulting it back each step.
         keep_freed_memory()

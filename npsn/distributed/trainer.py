@@ -50,6 +50,17 @@ class StopRequest:
         self.requested = True
 
 
+def unsupported(config):
+    """Why a run of ``config`` cannot be data-parallel, in one line, or None.
+
+    A BatchNorm discriminator (``d_norm="bn"``) normalizes the real and the generated batch each with its own
+    statistics (:func:`npsn.gan.updates.discriminator_update`); those are not synchronized over ranks.
+    """
+    if config.d_norm == "bn":
+        return "argument --d-norm: bn (BatchNorm in D, per real and generated batch) is not offered with --distributed"
+    return None
+
+
 def local_slice(n, comm):
     """This rank's rows of a global batch of ``n``: ``slice(r n/R, (r+1) n/R)`` (``n`` divisible by R)."""
     if n % comm.size:
@@ -84,8 +95,9 @@ class DistributedTrainer(Trainer):
         for name, n in (("batch_size", config.batch_size), ("g_batch_size", config.g_batch_size or config.batch_size)):
             if n % comm.size:
                 raise ValueError(f"{name} {n} is not divisible by the {comm.size} ranks")
-        if config.d_norm == "bn":  # D's statistics per real and per generated batch are not synchronized
-            raise ValueError("d_norm bn (a BatchNorm discriminator) is not offered with --distributed")
+        problem = unsupported(config)
+        if problem:
+            raise ValueError(problem)
         super().__init__(config, images, out_dir, resume=resume, labels=labels, class_names=class_names)
         if sync_bn:
             convert_sync_batchnorm(self.G, comm)
