@@ -140,7 +140,8 @@ class SpectralNorm(ReparametrizedWeight):
     The second term removes from G its component along the direction that only rescales W:
     ``<dL/dW, W> = (<G, W> - <G, W_SN> u^T W v) / sigma = 0``, since W_SN is invariant to W -> cW.
     If sigma < eps (e.g. a zero weight) sigma is clamped to eps, and as a constant it has no
-    gradient: dL/dW = G / eps.
+    gradient: dL/dW = G / eps. The gradient penalty's double backward maps dP/dW_SN to dP/dW by the
+    same formula (:class:`~npsn.nn.reparametrized.ReparametrizedWeight`, whose backward this is).
 
     **Operator mode** (``mode="operator"``, for Conv2d and ConvTranspose2d). Let A_W be the layer's
     bias-free linear map x -> conv(x; W) on one image of the layer's input shape (channels-last
