@@ -21,8 +21,11 @@ checkpoint starts again from iteration 0 with its recorded settings. Of its opti
 may change on resume: --iterations, --lr, --lr-decay, --device, --log-every, --sample-every,
 --checkpoint-every, --checkpoint-minutes, --eval-every, --eval-images (and --data, when the data has
 moved). Any other option that differs from the run's is refused (among them --preset, --model,
---batch-size, --g-batch-size, --z-dist, --pixels, --d-final-bias and --conditional: they fix the
-architecture, the random streams or what an update averages).
+--batch-size, --g-batch-size, --z-dist, --pixels, --d-final-bias, --conditional, --d-norm, --loss,
+--weight-clip and --setting: they fix the architecture, the random streams or what an update computes).
+
+The paper's competing discriminators (cnn and sndcgan): --d-norm none|bn|ln|wn|ortho, --loss wgan-gp|gan-gp
+(the gradient penalty), --weight-clip C; --setting A..F sets Table 1's lr, betas and n_dis (docs/training.md).
 
 --conditional trains a class-conditional GAN on CIFAR-10's 10 classes (any --model; conditional
 BatchNorm in G, a projection discriminator): D sees each real image's label, G's labels are drawn
@@ -46,10 +49,10 @@ from npsn import backend
 from npsn.distributed.comm import DistributedError
 from npsn.distributed.launch import Ranks, launcher_rank, launcher_size
 from npsn.eval.evaluation import make_evaluator
-from npsn.gan.losses import LOSSES
+from npsn.gan.cnn import D_NORMS
 from npsn.gan.models import MODELS, Z_DISTRIBUTIONS
-from npsn.gan.run import SETTINGS, OneProcess, Run, RunError, RunFailed, RunInterrupted
-from npsn.gan.trainer import LR_DECAYS, PIXEL_MAPPINGS, PRESETS, presets_help
+from npsn.gan.run import CONFIG_FIELDS, OneProcess, Run, RunError, RunFailed, RunInterrupted
+from npsn.gan.trainer import LOSS_CHOICES, LR_DECAYS, PIXEL_MAPPINGS, PRESETS, SETTINGS, presets_help
 from npsn.nn.spectral_norm import SN_MODES
 from npsn.utils.console import OneLineParser, flush_at_exit, say
 
@@ -63,7 +66,8 @@ def parse_args(argv=None):
                    "default cnn, or --model's legacy preset (cnn, resnet) when only --model is given")
     p.add_argument("--model", choices=MODELS, help="the architecture, overriding the preset's: cnn (Table 3), "
                    "resnet (Table 4), sndcgan (chainer-gan-lib)")
-    p.add_argument("--loss", choices=tuple(LOSSES))
+    p.add_argument("--loss", choices=LOSS_CHOICES,
+                   help="D's loss on logits, or wgan-gp / gan-gp: wasserstein / nonsaturating with the gradient penalty")
     p.add_argument("--iterations", type=int, help="generator updates")
     p.add_argument("--batch-size", type=int, help="real (and generated) images per D update")
     p.add_argument("--g-batch-size", type=int,
@@ -74,6 +78,8 @@ def parse_args(argv=None):
     p.add_argument("--d-final-bias", choices=("yes", "no"), help="a bias on D's final dense layer")
     p.add_argument("--conditional", dest="num_classes", action="store_const", const=10,
                    help="class-conditional on CIFAR-10's 10 classes: conditional BN in G, projection D")
+    p.add_argument("--setting", choices=tuple(SETTINGS),
+                   help="the paper's Table 1 setting: lr, beta1, beta2 and n_dis (each overridden by its option)")
     p.add_argument("--lr", type=float)
     p.add_argument("--beta1", type=float)
     p.add_argument("--beta2", type=float)
@@ -81,7 +87,12 @@ def parse_args(argv=None):
     p.add_argument("--lr-decay", choices=LR_DECAYS)
     p.add_argument("--g-ch", type=int, help="generator base width (default: the paper's)")
     p.add_argument("--d-ch", type=int, help="discriminator base width (default: the paper's)")
-    p.add_argument("--no-sn", dest="sn", action="store_const", const=False, help="no spectral normalization in D")
+    p.add_argument("--d-norm", choices=D_NORMS,
+                   help="D's normalization (cnn, sndcgan): sn (default), none, or the paper's bn, ln, wn (no gain), "
+                        "ortho (orthonormal init and regularization)")
+    p.add_argument("--no-sn", dest="d_norm", action="store_const", const="none", help="= --d-norm none")
+    p.add_argument("--weight-clip", type=float, metavar="C",
+                   help="clip D's layer weights to [-C, C] after each D update (the paper: 0.01); 0: off")
     p.add_argument("--sn-mode", choices=SN_MODES, help="D's conv sigma: matrix (the paper's, default) or operator")
     p.add_argument("--seed", type=int)
     p.add_argument("--data", help="cifar-10-python.tar.gz or its extracted folder (default: ./data)")
@@ -142,7 +153,7 @@ def train(args, processes):
     """Open the run (npsn.gan.run), train it, and print; returns the exit status. Rank 0 alone prints, but for
     a failure only its own rank saw, which stops all ranks."""
     show = say if processes.root else (lambda *a, **k: None)
-    settings = {name: getattr(args, name, None) for name in SETTINGS}
+    settings = {name: getattr(args, name, None) for name in CONFIG_FIELDS}
     where = dict(data=args.data, download=args.download, processes=processes, make_evaluator=make_evaluator)
     try:
         run = Run.resume(args.resume, settings, **where) if args.resume else Run.create(settings, args.out, **where)

@@ -2,8 +2,9 @@
 
 Modes (each rank runs the same code; rank 0 writes ``OUT``, an .npz of results):
 
-* ``train MODEL UNTIL OUT_DIR [resume]``: float64 training of a small model (``cnn``, ``resnet``, or
-  ``cnn-conditional``: the cnn class-conditional on 10 classes) with the DistributedTrainer (run
+* ``train MODEL UNTIL OUT_DIR [resume]``: float64 training of a small model (``cnn``, ``resnet``,
+  ``cnn-conditional``: the cnn class-conditional on 10 classes, or ``cnn-wgan-gp``: the plain cnn D with the
+  gradient penalty, whose epsilons are drawn globally and sliced) with the DistributedTrainer (run
   without mpiexec: the plain Trainer, one process), to iteration UNTIL,
   writing OUT_DIR/checkpoint.npz (rank 0); ``resume`` continues from that checkpoint first.
 * ``layers OUT``: SyncBatchNorm2d on this rank's slice of a fixed global batch (forward, backward,
@@ -19,7 +20,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import numpy as np  # noqa: E402
 
 TINY = {"cnn": dict(g_ch=16, d_ch=8, n_dis=1), "resnet": dict(g_ch=8, d_ch=8, n_dis=2),
-        "cnn-conditional": dict(g_ch=16, d_ch=8, n_dis=1, num_classes=10)}
+        "cnn-conditional": dict(g_ch=16, d_ch=8, n_dis=1, num_classes=10),
+        "cnn-wgan-gp": dict(g_ch=16, d_ch=8, n_dis=2, d_norm="none", loss="wgan-gp")}
 
 
 def images(n=40, seed=0):
@@ -34,7 +36,7 @@ def labels(n=40, seed=0):
 def config(model):
     from npsn.gan.trainer import preset_config
 
-    return preset_config(model.removesuffix("-conditional"), batch_size=8, iterations=100, log_every=1,
+    return preset_config(model.split("-")[0], batch_size=8, iterations=100, log_every=1,
                          sample_every=0, checkpoint_every=0, checkpoint_minutes=0, **TINY[model])
 
 

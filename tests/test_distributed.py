@@ -78,7 +78,7 @@ def assert_same_run(a, b):
                                    rtol=0, atol=1e-10)
 
 
-@pytest.mark.parametrize("model, iterations", [("cnn", 3), ("resnet", 2), ("cnn-conditional", 3)])
+@pytest.mark.parametrize("model, iterations", [("cnn", 3), ("resnet", 2), ("cnn-conditional", 3), ("cnn-wgan-gp", 2)])
 def test_two_ranks_train_as_one_process_at_the_same_global_batch(tmp_path, model, iterations):
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
     worker.train(model, iterations, one)
@@ -179,6 +179,8 @@ def test_script_refuses_a_batch_not_divisible_by_the_ranks_in_one_line(archive, 
     (("--distributed", "--download"), "--download with --distributed would download once per rank"),
     # a conditional run passes the checks of the options and the data, to the ranks' own (it used to be refused)
     (("--distributed", "--conditional", "--batch-size", "7"), "argument --batch-size: 7 is the global batch"),
+    (("--distributed", "--d-norm", "bn"), "argument --d-norm: bn (BatchNorm in D, per real and generated batch) "
+                                          "is not offered with --distributed"),
 ])
 def test_script_refuses_in_one_line_before_writing(archive, tmp_path, options, message):
     out = tmp_path / "run"

@@ -36,6 +36,26 @@ def _sn(make_layer):
     return lambda rng: npsn.SpectralNorm(make_layer(rng), rng=rng)
 
 
+def _wn(make_layer):
+    return lambda rng: npsn.WeightNorm(make_layer(rng))
+
+
+def _after_a_draw(make_layer):
+    """A builder that takes one value of rng first. x comes from the same seed as the check's R, so for a layer
+    that draws nothing x = R, and LayerNorm's input gradient of <y, x> is exactly 0 (x - mean and x are the two
+    directions it removes): nothing would be checked."""
+    return lambda rng: (rng.standard_normal(), make_layer())[1]
+
+
+def _bn_without_affine(c):
+    def build(rng):
+        bn = npsn.BatchNorm2d(c, affine=False)
+        bn.running_mean = rng.standard_normal(c)
+        bn.running_var = rng.uniform(0.5, 2.0, c)
+        return bn
+    return build
+
+
 LAYERS = [
     ("Linear", lambda rng: npsn.Linear(5, 4, rng=rng), (3, 5)),
     ("Linear(no bias)", lambda rng: npsn.Linear(5, 4, bias=False, rng=rng), (3, 5)),
@@ -81,6 +101,16 @@ LAYERS = [
     ("SpectralNorm(ConvTranspose2d)", _sn(lambda rng: npsn.ConvTranspose2d(3, 2, 4, 2, 1, rng=rng)), (2, 3, 3, 3)),
     ("SpectralNorm(Conv2d, operator)", lambda rng: npsn.SpectralNorm(
         npsn.Conv2d(3, 4, 3, 2, 1, rng=rng), rng=rng, mode="operator", input_shape=(2, 5, 5, 3)), (2, 5, 5, 3)),
+    # the paper's competing discriminators (issue 21): normalizations without their gain gamma
+    ("LayerNorm(images)", _after_a_draw(npsn.LayerNorm), (2, 3, 3, 4)),
+    ("LayerNorm(features)", _after_a_draw(npsn.LayerNorm), (3, 5)),
+    ("Bias", lambda rng: npsn.Bias(4), (2, 3, 3, 4)),
+    ("BatchNorm2d(affine=False)", _bn_without_affine(3), (2, 3, 3, 3)),
+    ("WeightNorm(Linear)", _wn(lambda rng: npsn.Linear(5, 4, rng=rng)), (3, 5)),
+    ("WeightNorm(Conv2d)", _wn(lambda rng: npsn.Conv2d(3, 4, 3, 2, 1, rng=rng)), (2, 5, 5, 3)),
+    ("WeightNorm(ConvTranspose2d)", _wn(lambda rng: npsn.ConvTranspose2d(3, 2, 4, 2, 1, rng=rng)), (2, 3, 3, 3)),
+    ("cnn D block (ln)", lambda rng: npsn.Sequential(npsn.Conv2d(3, 4, 4, 2, 1, bias=False, rng=rng), npsn.LayerNorm(),
+                                                     npsn.Bias(4), npsn.LeakyReLU(0.1)), (2, 6, 6, 3)),
 ]
 
 
@@ -193,6 +223,72 @@ def test_labelled_gradients_match_finite_differences(name, builder, shape, k, mo
     labels = to_device(np.random.default_rng(1).permutation(np.arange(n) % k).astype(np.int32), device)
     errors = check_labelled_gradients(module, None if shape is None else x, labels)
     assert set(errors) == ({"input"} if shape else set()) | {n for n, _ in module.named_parameters()}
+    worst = max(errors, key=errors.get)
+    assert errors[worst] < TOLERANCE, f"{name} ({mode}): {worst} gradient has relative error {errors[worst]:.2e}"
+
+
+# ---------------------------------------------------------------------------------------------- penalties
+# A term of D's objective that is not a layer: (name, builder(rng) -> float64 module, penalty(module) -> 0-d P,
+# adding dP/dp into .grad). Every parameter's gradient is checked against central differences of P.
+
+def _small_d(wrap=lambda layer: layer):
+    """A D of the layers the gradient penalty supports: NCHW (2, 3, 6, 6) -> (2, 1)."""
+    def build(rng):
+        return npsn.Sequential(npsn.ToChannelsLast(), wrap(npsn.Conv2d(3, 4, 3, 1, 1, rng=rng)), npsn.LeakyReLU(0.1),
+                               wrap(npsn.Conv2d(4, 3, 4, 2, 1, rng=rng)), npsn.LeakyReLU(0.1), npsn.Flatten(),
+                               wrap(npsn.Linear(27, 1, rng=rng)))
+    return build
+
+
+def _gradient_penalty(module):
+    from npsn.gan.gradient_penalty import gradient_penalty
+
+    x_hat = to_device(np.random.default_rng(7).standard_normal((2, 3, 6, 6)), device_of_module(module))
+    return gradient_penalty(module, x_hat)
+
+
+def _orthonormal_penalty(module):
+    from npsn.gan.methods import layer_weights
+    from npsn.gan.orthonormal import OrthonormalRegularization
+
+    return OrthonormalRegularization(layer_weights(module), coefficient=1.0).penalty(module, None, None)
+
+
+def device_of_module(module):
+    return npsn.backend.device_of(next(iter(module.parameters())).data)
+
+
+PENALTIES = [
+    ("gradient penalty (plain D)", _small_d(), _gradient_penalty),
+    ("gradient penalty (WeightNorm D)", _small_d(npsn.WeightNorm), _gradient_penalty),
+    ("gradient penalty (SpectralNorm D)", _small_d(lambda layer: npsn.SpectralNorm(layer)), _gradient_penalty),
+    ("orthonormal penalty (wide and tall weights)", lambda rng: npsn.Sequential(
+        npsn.Conv2d(3, 4, 3, rng=rng), npsn.Conv2d(4, 8, 1, rng=rng), npsn.Linear(6, 1, rng=rng)), _orthonormal_penalty),
+]
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("name,builder,penalty", PENALTIES, ids=[row[0] for row in PENALTIES])
+def test_penalty_gradients_match_finite_differences(name, builder, penalty, mode, device):
+    module, _ = build_case(builder, (1,), mode, device)
+    snapshot = [(m, key, b.copy()) for m in module.modules() for key, b in m._buffers.items()]
+
+    def restore():
+        for m, key, b in snapshot:
+            m._buffers[key] = b.copy()
+
+    def value():
+        restore()
+        return float(npsn.to_numpy(penalty(module)))
+
+    module.zero_grad()
+    restore()
+    penalty(module)
+    analytic = {n: None if p.grad is None else p.grad.copy() for n, p in module.named_parameters()}
+    numeric = {n: numerical_gradient(value, p.data) for n, p in module.named_parameters()}
+    floor = 1e-3 * max(float(np.linalg.norm(npsn.to_numpy(a))) for a in analytic.values() if a is not None)
+    errors = {n: relative_error(npsn.get_array_module(p.data).zeros_like(p.data) if analytic[n] is None
+                                else analytic[n], numeric[n], floor) for n, p in module.named_parameters()}
     worst = max(errors, key=errors.get)
     assert errors[worst] < TOLERANCE, f"{name} ({mode}): {worst} gradient has relative error {errors[worst]:.2e}"
 

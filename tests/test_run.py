@@ -63,7 +63,7 @@ def test_a_run_records_its_settings_and_data_and_resumes_for_longer(finished, ru
 
 @pytest.mark.parametrize("settings, damage, expected", [
     ({"batch_size": 16}, None, "batch_size=8, which cannot change on resume"),
-    ({"sn": False}, None, "--no-sn: the run"),
+    ({"d_norm": "none"}, None, "--d-norm none: the run"),
     ({"iterations": 3, "lr": -1.0}, None, "argument --lr: must be greater than 0"),
     ({}, None, "already at iteration 2 of 2"),
     ({"iterations": 3}, dict(colour="red"), "unknown settings colour"),
@@ -113,7 +113,8 @@ def test_new_runs_started_in_the_same_second_get_their_own_folders(archive, tmp_
 
 @pytest.mark.parametrize("settings, data, expected", [
     (dict(TINY, batch_size=1000), None, "more than the 100 training images"),
-    (dict(TINY, sn=False, sn_mode="operator"), None, "--no-sn turns that off"),
+    (dict(TINY, d_norm="none", sn_mode="operator"), None, "--no-sn turns that off"),
+    (dict(TINY, d_norm="ln", sn_mode="operator"), None, "--d-norm ln turns that off"),
     (TINY, "missing.tar.gz", "missing.tar.gz"),
 ])
 def test_a_new_run_is_checked_before_anything_is_written(settings, data, expected, archive, tmp_path):

@@ -349,3 +349,127 @@ def test_torch_reference_imports_without_torch(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)  # import torch now raises ImportError
     with pytest.raises(ImportError, match="needs PyTorch"):
         to_torch(npsn.Linear(3, 2))
+
+
+# ---------------------------------------------------------------------------------- the paper's competing discriminators
+# (issue 21) npsn's new layers against the mirror (to_torch): PyTorch's layer_norm, batch_norm and, for weight
+# normalization, the weight normalized by autograd, with npsn's parameters. name -> (npsn builder, input shape in
+# torch's layout).
+METHOD_LAYERS = {
+    "LayerNorm(images)": (lambda: npsn.LayerNorm(), (2, 3, 5, 4)),
+    "LayerNorm(features)": (lambda: npsn.LayerNorm(), (6, 7)),
+    "Bias(images)": (lambda: npsn.Bias(3), (2, 3, 4, 5)),
+    "Bias(features)": (lambda: npsn.Bias(7), (6, 7)),
+    "BatchNorm2d(affine=False)": (lambda: npsn.BatchNorm2d(3, affine=False), (4, 3, 5, 6)),
+    "WeightNorm(Linear)": (lambda: npsn.WeightNorm(npsn.Linear(7, 5)), (6, 7)),
+    "WeightNorm(Conv2d(k4,s2,p1))": (lambda: npsn.WeightNorm(npsn.Conv2d(3, 4, 4, 2, 1)), (2, 3, 8, 6)),
+    "WeightNorm(ConvTranspose2d(k4,s2,p1))": (lambda: npsn.WeightNorm(npsn.ConvTranspose2d(3, 4, 4, 2, 1)),
+                                              (2, 3, 4, 5)),
+}
+
+
+@pytest.mark.parametrize("name", list(METHOD_LAYERS))
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_method_layer_matches_torch(name, training):
+    build, input_shape = METHOD_LAYERS[name]
+    rng = np.random.default_rng(6)
+    ours = build().to(dtype=np.float64).train(training)
+    for p in ours.parameters():  # a bias that is not 0, a weight of any scale (WeightNorm removes it)
+        p.data = 3.0 * rng.standard_normal(p.data.shape)
+    theirs = to_torch(ours)
+    for _ in range(2):  # BatchNorm's running statistics move in training mode
+        compare_step(name, ours, theirs, 2.0 * rng.standard_normal(input_shape) + 0.5, rng)
+        compare_buffers(name, ours, theirs)
+
+
+def test_weight_norm_rows_are_unit_vectors():
+    from npsn.nn.spectral_norm import reshape_weight_to_matrix
+
+    for layer, rows in ((npsn.Conv2d(3, 4, 3), 4), (npsn.ConvTranspose2d(3, 5, 4, 2, 1), 5), (npsn.Linear(6, 2), 2)):
+        wn = npsn.WeightNorm(layer)
+        W = reshape_weight_to_matrix(wn.normalized_weight(), wn.dim)
+        assert W.shape[0] == rows
+        np.testing.assert_allclose(np.linalg.norm(W, axis=1), 1.0, rtol=1e-6)
+    assert list(npsn.WeightNorm(npsn.Linear(6, 2)).state_dict()) == ["weight_v", "bias"]
+
+
+@pytest.mark.parametrize("d_norm", ["none", "bn", "ln", "wn", "ortho"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_discriminator_of_each_method_matches_torch(d_norm, training):
+    """The cnn D of each --d-norm (small width, float64): the same names, outputs and gradients as its mirror."""
+    _, D = build_gan("cnn", g_ch=8, d_ch=8, seed=5, d_norm=d_norm)
+    D.to(dtype=np.float64).train(training)
+    mirror = to_torch(D)
+    x = np.random.default_rng(5).uniform(-1, 1, (4, 3, 32, 32))
+    for step in range(2):
+        errors = compare_forward_backward(D, x, torch_module=mirror, rng=step, grad_scale="module")
+        assert len(errors) == 2 + len(list(D.parameters()))
+        for what, err in errors.items():
+            check_error(f"cnn D ({d_norm})", what, err)
+    compare_buffers(f"cnn D ({d_norm})", D, mirror)
+
+
+# (loss, d_norm, weight clip): every D update the methods make, the gradient penalty on each D that supports it
+D_UPDATES = [("wgan-gp", "none", 0.0), ("gan-gp", "none", 0.0), ("wgan-gp", "sn", 0.0), ("wgan-gp", "wn", 0.0),
+             ("wgan-gp", "ortho", 0.0), ("nonsaturating", "ortho", 0.0), ("nonsaturating", "none", 0.01),
+             ("wasserstein", "none", 0.01), ("nonsaturating", "bn", 0.0), ("nonsaturating", "ln", 0.0),
+             ("nonsaturating", "wn", 0.0)]
+
+
+@pytest.mark.parametrize("loss, d_norm, clip", D_UPDATES, ids=[f"{l}-{n}-clip{c}" for l, n, c in D_UPDATES])
+def test_a_whole_discriminator_update_matches_autograd(loss, d_norm, clip):
+    """Two D updates (loss, gradient penalty by torch.autograd.grad(create_graph=True), orthonormal penalty, Adam,
+    clipping) of npsn and PyTorch from one state, float64: the objective, every parameter's gradient of the
+    second update and every parameter after both agree to 1e-9 (torch_reference.TOLERANCE_FLOAT64)."""
+    from npsn.gan.methods import discriminator_regularizers
+
+    G, D = build_gan("cnn", g_ch=8, d_ch=8, seed=3, d_norm=d_norm)
+    G.to(dtype=np.float64)
+    D.to(dtype=np.float64)
+    rng = np.random.default_rng(0)
+    x, z = rng.uniform(-1, 1, (4, 3, 32, 32)), rng.standard_normal((4, 128))
+    eps_rng = np.random.default_rng(1)
+    regularizers = discriminator_regularizers(D, loss, d_norm, clip, lambda n: eps_rng.uniform(0, 1, n))
+    errors = torch_reference.compare_discriminator_update(G, D, x, z, loss, regularizers, lr=1e-3, steps=2)
+    assert len(errors) == 1 + 2 * len(list(D.parameters()))
+    name = f"D update ({loss}, {d_norm}, clip {clip})"
+    MAX_REL_ERR[name] = max(errors.values())
+    worst = max(errors, key=errors.get)
+    assert errors[worst] < torch_reference.TOLERANCE_FLOAT64, f"{name}: {worst} differs by {errors[worst]:.2e}"
+    if clip:
+        assert all(float(np.abs(p.data).max()) <= clip for n, p in D.named_parameters() if n.endswith("weight"))
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 3, 3), (8, 3, 1, 1), (1, 50), (6, 6)], ids=["wide", "tall", "row", "square"])
+def test_orthonormal_penalty_matches_the_written_formula(shape):
+    """P = ||W^T W - I||_F^2 - max(w - h, 0) and its gradient 4 W (W^T W - I), against autograd of the formula."""
+    from npsn.gan.orthonormal import orthonormal_penalty
+
+    W = np.random.default_rng(8).standard_normal(shape) * 0.4
+    value, grad = orthonormal_penalty(W)
+    theirs = torch.tensor(W, requires_grad=True)
+    M = theirs.reshape(shape[0], -1)
+    literal = ((M.T @ M - torch.eye(M.shape[1], dtype=M.dtype)) ** 2).sum()
+    literal.backward()
+    assert_close("orthonormal penalty", "value", value + max(M.shape[1] - M.shape[0], 0), literal.detach())
+    assert_close("orthonormal penalty", "gradient", grad, theirs.grad)
+
+
+@pytest.mark.parametrize("method", ["weight-clipping", "gan-gp", "wgan-gp", "bn", "ln", "wn", "orthonormal"])
+def test_training_with_each_method_matches_pytorch(method, tmp_path):
+    """Two iterations (n_dis 2) of a Trainer of each paper method and its TorchTrainer mirror, from the same draws."""
+    from npsn.gan.methods import PAPER_METHODS
+    from npsn.gan.trainer import Trainer, preset_config
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (32, 3, 32, 32), dtype=np.uint8)
+    config = preset_config("paper-cnn-nonsaturating", g_ch=16, d_ch=8, batch_size=4, n_dis=2, iterations=10,
+                           log_every=1, checkpoint_every=100, sample_every=0, **PAPER_METHODS[method])
+    trainer = Trainer(config, images, str(tmp_path / "run"))
+    mirror = torch_reference.TorchTrainer(trainer)
+    x = np.tanh(rng.standard_normal((4, 3, 32, 32))).astype(np.float32)
+    z = rng.standard_normal((4, config.z_dim)).astype(np.float32)
+    check = torch_reference.compare_training(trainer, mirror, x, z)
+    # float32: the losses within TOLERANCE_LOSSES (Adam's first steps turn the rounding of D's tiny initial
+    # gradients into steps of lr); the float64 test above holds a whole D update to 1e-9
+    assert check["ok"], check

@@ -14,7 +14,7 @@ import sys
 
 from npsn import backend
 from npsn.distributed.comm import create_communicator, abort_on_uncaught_exception
-from npsn.distributed.trainer import DistributedTrainer, StopRequest
+from npsn.distributed.trainer import DistributedTrainer, StopRequest, unsupported
 from npsn.backend import threads
 from npsn.gan.run import RunError, flag
 from npsn.utils.console import say
@@ -112,11 +112,13 @@ class Ranks:
         return f"mpiexec -n {self.comm.size} {base} --distributed"
 
     def check(self, config):
-        """RunError when a global batch does not split over the ranks."""
+        """RunError when a global batch does not split over the ranks, or the run cannot be data-parallel."""
         for name in ("batch_size", "g_batch_size"):
             if getattr(config, name) % self.comm.size:
                 raise RunError(f"argument {flag(name)}: {getattr(config, name)} is the global batch and must be "
                                f"divisible by the {self.comm.size} ranks; give a multiple of {self.comm.size}")
+        if unsupported(config):
+            raise RunError(unsupported(config))
 
     def place(self, device):
         self.placed = place_rank(device, self.comm)

@@ -50,6 +50,17 @@ class StopRequest:
         self.requested = True
 
 
+def unsupported(config):
+    """Why a run of ``config`` cannot be data-parallel, in one line, or None.
+
+    A BatchNorm discriminator (``d_norm="bn"``) normalizes the real and the generated batch each with its own
+    statistics (:func:`npsn.gan.updates.discriminator_update`); those are not synchronized over ranks.
+    """
+    if config.d_norm == "bn":
+        return "argument --d-norm: bn (BatchNorm in D, per real and generated batch) is not offered with --distributed"
+    return None
+
+
 def local_slice(n, comm):
     """This rank's rows of a global batch of ``n``: ``slice(r n/R, (r+1) n/R)`` (``n`` divisible by R)."""
     if n % comm.size:
@@ -84,6 +95,9 @@ class DistributedTrainer(Trainer):
         for name, n in (("batch_size", config.batch_size), ("g_batch_size", config.g_batch_size or config.batch_size)):
             if n % comm.size:
                 raise ValueError(f"{name} {n} is not divisible by the {comm.size} ranks")
+        problem = unsupported(config)
+        if problem:
+            raise ValueError(problem)
         super().__init__(config, images, out_dir, resume=resume, labels=labels, class_names=class_names)
         if sync_bn:
             convert_sync_batchnorm(self.G, comm)
@@ -105,6 +119,7 @@ class DistributedTrainer(Trainer):
                       "pixel_noise": self.pixel_noise.bit_generator.state})
         if self.label_noise is not None:  # a conditional run: G's labels
             state["label_noise"] = self.label_noise.bit_generator.state
+        state["penalty_noise"] = self.penalty_noise.bit_generator.state
         return state
 
     def load_state(self, state):
@@ -118,6 +133,7 @@ class DistributedTrainer(Trainer):
         self.pixel_noise.bit_generator.state = state["pixel_noise"]
         if self.label_noise is not None:
             self.label_noise.bit_generator.state = state["label_noise"]
+        self.penalty_noise.bit_generator.state = state["penalty_noise"]
         self.iteration = int(state["iteration"])
 
     def synchronize(self):
@@ -162,6 +178,11 @@ class DistributedTrainer(Trainer):
         """This rank's rows of a global batch of ``n`` z (default: the global D batch)."""
         z = super().sample_z(n)
         return z[local_slice(len(z), self.comm)]
+
+    def sample_eps(self, n):
+        """The gradient penalty's epsilon for this rank's ``n`` rows: its slice of a global draw of ``n R``."""
+        eps = super().sample_eps(n * self.comm.size)
+        return eps[local_slice(len(eps), self.comm)]
 
     def train_iteration(self):
         """One iteration on this rank's slices; returns the global (mean over ranks) losses as host floats.

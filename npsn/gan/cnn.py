@@ -36,17 +36,25 @@ from npsn.gan.resnet import projection_output
 from npsn.nn import init
 from npsn.nn.activations import LeakyReLU, ReLU, Tanh
 from npsn.nn.batchnorm import BatchNorm1d, BatchNorm2d
+from npsn.nn.bias import Bias
 from npsn.nn.conditional import ConditionalSequential
 from npsn.nn.conditional_batchnorm import CategoricalConditionalBatchNorm1d, CategoricalConditionalBatchNorm2d
 from npsn.nn.conv import Conv2d, ConvTranspose2d
-from npsn.nn.init import init_normal
+from npsn.nn.init import init_normal, init_orthogonal
+from npsn.nn.layer_norm import LayerNorm
 from npsn.nn.linear import Linear
 from npsn.nn.module import Sequential
 from npsn.nn.reshape import Flatten, Reshape, ToChannelsFirst, ToChannelsLast
 from npsn.nn.spectral_norm import SpectralNorm
+from npsn.nn.weight_norm import WeightNorm
 
 
 DENSE_BN = ("channels", "features")
+
+#: What D's layers are normalized with (``--d-norm``; Miyato et al. 2018, Sec. 4): "sn" spectral normalization,
+#: "none", "bn" BatchNorm, "ln" LayerNorm, "wn" weight normalization, "ortho" orthonormal initialization (its
+#: regularization is a term of D's objective: npsn.gan.orthonormal). BN, LN and WN without the gain gamma.
+D_NORMS = ("sn", "none", "bn", "ln", "wn", "ortho")
 
 
 def cnn_generator(z_dim=128, ch=512, bottom=4, rng=None, dense_bn="channels", output_layer="conv", num_classes=0):
@@ -108,7 +116,7 @@ WIDTHS = {  # D's seven convolutions as multiples of the base width ch
 
 
 def cnn_discriminator(ch=64, sn=True, slope=0.1, image_size=32, rng=None, sn_mode="matrix", widths="paper",
-                      final_bias=True, num_classes=0):
+                      final_bias=True, num_classes=0, norm=None):
     """D: images (N, 3, 32, 32) (NCHW) -> logits (N, 1). Every layer spectral-normalized when ``sn``.
 
     conv 3x3 s1 64 -> 4x4 s2 64 -> 3x3 s1 128 -> 4x4 s2 128 -> 3x3 s1 256 -> 4x4 s2 256 -> 3x3 s1 512,
@@ -120,21 +128,51 @@ def cnn_discriminator(ch=64, sn=True, slope=0.1, image_size=32, rng=None, sn_mod
     ``image_size``), so operator-mode vectors exist from construction (and checkpoints load before any forward).
     The initial weights are the same in both modes.
 
+    ``norm``: one of :data:`D_NORMS`, the paper's competing discriminators (None: "sn" if ``sn`` else "none"):
+
+    * "sn", "none": N(0, 0.02) weights, with or without spectral normalization (every layer);
+    * "wn": every layer weight-normalized without gain (:class:`~npsn.nn.weight_norm.WeightNorm`), its bias kept;
+    * "bn", "ln": after every convolution but the first (DCGAN's and WGAN-GP's critics leave D's input layer
+      unnormalized), BatchNorm2d or LayerNorm without affine parameters, then a per-channel
+      :class:`~npsn.nn.bias.Bias` (beta; no gain gamma); those convolutions have no bias of their own (the
+      normalization would cancel it, or beta does its work);
+    * "ortho": every weight a random orthonormal operator (:func:`~npsn.nn.init.orthogonal`), biases 0; the
+      regularization is a term of D's objective (:mod:`npsn.gan.orthonormal`).
+
+    For one seed, "none" and "wn" draw the same initial weights (the same rng calls); "sn" draws SN's u, v
+    between the layers, "bn" and "ln" have convolutions without a bias to draw, "ortho" draws its own.
+
     ``num_classes`` K > 0: D(x, y), the projection discriminator: the dense layer becomes
-    ``Projection(dense layer, SN embedding (K, bottom*bottom*512))`` on the flattened features.
+    ``Projection(dense layer, SN embedding (K, bottom*bottom*512))`` on the flattened features ("sn" or "none").
     """
     rng = rng or init.default_rng()
+    norm = norm or ("sn" if sn else "none")
+    if norm not in D_NORMS:
+        raise ValueError(f"unknown discriminator normalization {norm!r}: choose one of {', '.join(D_NORMS)}")
+    if num_classes and norm not in ("sn", "none"):
+        raise ValueError(f"the projection discriminator (num_classes > 0) is built with norm 'sn' or 'none', "
+                         f"not {norm!r}")
 
     def wrap(layer, input_shape=None):
+        if norm == "ortho":
+            return init_orthogonal(layer, rng)
         layer = init_normal(layer, rng)
-        return SpectralNorm(layer, rng=rng, mode=sn_mode, input_shape=input_shape) if sn else layer
+        if norm == "sn":
+            return SpectralNorm(layer, rng=rng, mode=sn_mode, input_shape=input_shape)
+        return WeightNorm(layer) if norm == "wn" else layer
+
+    def normalization(channels):
+        return [BatchNorm2d(channels, affine=False) if norm == "bn" else LayerNorm(), Bias(channels)]
 
     w = [ch * m for m in WIDTHS[widths]]
     layers = [ToChannelsLast()]
     spec = [(cin, cout, k, s) for cin, cout, k, s in zip([3] + w[:-1], w, (3, 4, 3, 4, 3, 4, 3), (1, 2, 1, 2, 1, 2, 1))]
     size = image_size
-    for cin, cout, k, s in spec:
-        layers += [wrap(Conv2d(cin, cout, k, s, 1, rng=rng), (1, size, size, cin)), LeakyReLU(slope)]
+    for i, (cin, cout, k, s) in enumerate(spec):
+        normalized = norm in ("bn", "ln") and i > 0
+        layers += [wrap(Conv2d(cin, cout, k, s, 1, bias=not normalized, rng=rng), (1, size, size, cin))]
+        layers += normalization(cout) if normalized else []
+        layers += [LeakyReLU(slope)]
         # Ho = floor((H + 2p - k) / s) + 1 with p = 1
         size = (size + 2 - k) // s + 1
     bottom = image_size // 8
@@ -142,14 +180,15 @@ def cnn_discriminator(ch=64, sn=True, slope=0.1, image_size=32, rng=None, sn_mod
     layers += [Flatten(), wrap(Linear(features, 1, bias=final_bias, rng=rng))]
     if not num_classes:
         return Sequential(*layers)
-    layers[-1] = projection_output(layers[-1], num_classes, features, rng, sn)
+    layers[-1] = projection_output(layers[-1], num_classes, features, rng, norm == "sn")
     return ConditionalSequential(*layers, num_classes=num_classes)
 
 
-def sndcgan_discriminator(ch=64, sn=True, image_size=32, rng=None, sn_mode="matrix", final_bias=True, num_classes=0):
+def sndcgan_discriminator(ch=64, sn=True, image_size=32, rng=None, sn_mode="matrix", final_bias=True, num_classes=0,
+                          norm=None):
     """chainer-gan-lib's ``SNDCGANDiscriminator`` (common/net.py, ch=512 there = 8 * our base 64): SN convolutions
     3x3 s1 64, 4x4 s2 128, 3x3 s1 128, 4x4 s2 256, 3x3 s1 256, 4x4 s2 512, 3x3 s1 512, each followed by
-    ``F.leaky_relu`` (slope 0.2, Chainer's default), then an SN dense layer to 1 (with bias). ``num_classes``:
-    as :func:`cnn_discriminator`."""
+    ``F.leaky_relu`` (slope 0.2, Chainer's default), then an SN dense layer to 1 (with bias). ``num_classes``
+    and ``norm``: as :func:`cnn_discriminator`."""
     return cnn_discriminator(ch, sn=sn, slope=0.2, image_size=image_size, rng=rng, sn_mode=sn_mode,
-                             widths="chainer-gan-lib", final_bias=final_bias, num_classes=num_classes)
+                             widths="chainer-gan-lib", final_bias=final_bias, num_classes=num_classes, norm=norm)

@@ -40,13 +40,15 @@ def gan_from_config(config):
     """``build_gan`` with the architecture fields of a run's config (a TrainConfig or its dict; older runs'
     dicts lack d_final_bias, sn_mode and num_classes and get their defaults)."""
     get = config.get if isinstance(config, dict) else lambda name, default=None: getattr(config, name, default)
+    # runs of an older npsn record sn (true or false) instead of d_norm
+    d_norm = get("d_norm") or ("sn" if get("sn", True) else "none")
     return build_gan(get("model"), z_dim=get("z_dim", 128), g_ch=get("g_ch", 0), d_ch=get("d_ch", 0),
-                     sn=get("sn", True), seed=get("seed", 0), sn_mode=get("sn_mode", "matrix"),
-                     d_final_bias=get("d_final_bias", True), num_classes=get("num_classes", 0))
+                     seed=get("seed", 0), sn_mode=get("sn_mode", "matrix"), d_final_bias=get("d_final_bias", True),
+                     num_classes=get("num_classes", 0), d_norm=d_norm)
 
 
 def build_gan(name, z_dim=128, g_ch=None, d_ch=None, sn=True, seed=0, sn_mode="matrix", d_final_bias=True,
-              num_classes=0):
+              num_classes=0, d_norm=None):
     """Build a generator and discriminator on the host, float32 (the sources are in the module docstring).
 
     Args:
@@ -57,6 +59,9 @@ def build_gan(name, z_dim=128, g_ch=None, d_ch=None, sn=True, seed=0, sn_mode="m
             reshaped kernel) or "operator" (the convolution as a map on images; see SpectralNorm).
         d_final_bias: whether D's final dense layer has a bias (sngan_projection's ResNet D has none).
         seed: seeds the initial weights (and SN's u, v): the same seed gives the same models.
+        d_norm: D's normalization, one of :data:`~npsn.gan.cnn.D_NORMS` for "cnn" and "sndcgan" (the paper's
+            competing discriminators: see :func:`~npsn.gan.cnn.cnn_discriminator`), "sn" or "none" for
+            "resnet"; None: "sn" if ``sn`` else "none" (given, it replaces ``sn``).
         num_classes: 0 (unconditional: exactly the models of before, weights and names) or K > 0: a
             class-conditional G (categorical conditional BN) and a projection D, called G(z, y) and
             D(x, y) with labels y (N,) int32 in [0, K); both then have the attribute ``num_classes``.
@@ -91,12 +96,17 @@ def build_gan(name, z_dim=128, g_ch=None, d_ch=None, sn=True, seed=0, sn_mode="m
     if not isinstance(num_classes, (int, np.integer)) or isinstance(num_classes, bool) or num_classes < 0:
         raise ValueError(f"num_classes must be an integer >= 0 (0: unconditional), got {num_classes!r}")
     k = int(num_classes)
+    d_norm = d_norm or ("sn" if sn else "none")
+    if name == "resnet" and d_norm not in ("sn", "none"):
+        raise ValueError(f"the resnet discriminator is built with d_norm 'sn' or 'none', not {d_norm!r}")
     g_default, d_default = DEFAULT_WIDTHS[name]
     g_ch, d_ch = g_ch or g_default, d_ch or d_default
     rng_g, rng_d = (np.random.default_rng([seed, i]) for i in (0, 1))
     generator, discriminator = {"cnn": (cnn_generator, cnn_discriminator),
                                 "sndcgan": (sndcgan_generator, sndcgan_discriminator),
                                 "resnet": (resnet_generator, resnet_discriminator)}[name]
+    norm = {} if name == "resnet" else {"norm": d_norm}
     return (generator(z_dim, g_ch, rng=rng_g, num_classes=k),
-            discriminator(d_ch, sn=sn, rng=rng_d, sn_mode=sn_mode, final_bias=d_final_bias, num_classes=k))
+            discriminator(d_ch, sn=d_norm == "sn", rng=rng_d, sn_mode=sn_mode, final_bias=d_final_bias,
+                          num_classes=k, **norm))
 

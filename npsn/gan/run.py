@@ -46,14 +46,14 @@ from npsn.backend.threads import ThreadsError, environment_threads
 from npsn.data.cifar10 import CIFAR10Error, download_cifar10, load_cifar10, load_label_names
 from npsn.gan.rundir import (RunDirError, check_creatable, check_new_run_dir, how_to_continue, new_run_dir,
                              read_checkpoint, read_log, recorded_run, start_writing)
-from npsn.gan.trainer import (PRESET_SOURCES, PRESETS, RESUMABLE_OPTIONS, Trainer, TrainConfig, TrainingDiverged,
-                              config_problems, preset_config, preset_description)
+from npsn.gan.trainer import (LEGACY_FIELDS, PRESET_SOURCES, PRESETS, RESUMABLE_OPTIONS, Trainer, TrainConfig,
+                              TrainingDiverged, config_problems, preset_config, preset_description)
 from npsn.utils.allocator import keep_freed_memory
 from npsn.utils.console import notice, one_line
 
 COMMAND = "python scripts/train_cifar.py"  # the command the advice in the messages names
-SETTINGS = tuple(field.name for field in dataclasses.fields(TrainConfig))  # what a run's settings may give
-SWITCHES = {"sn": "--no-sn", "num_classes": "--conditional"}  # settings given by a command-line option without a value
+CONFIG_FIELDS = tuple(field.name for field in dataclasses.fields(TrainConfig))  # what a run's settings may give
+SWITCHES = {"num_classes": "--conditional"}  # settings given by a command-line option without a value
 
 
 class RunError(Exception):
@@ -91,8 +91,8 @@ REFUSALS = (RunError, RunDirError, CIFAR10Error, backend.DeviceError, ThreadsErr
 def flag(name):
     """The command-line option of a setting: what the messages call it.
 
-    >>> flag("batch_size"), flag("sn"), flag("num_classes")
-    ('--batch-size', '--no-sn', '--conditional')
+    >>> flag("batch_size"), flag("d_norm"), flag("num_classes")
+    ('--batch-size', '--d-norm', '--conditional')
     """
     return SWITCHES.get(name, "--" + name.replace("_", "-"))
 
@@ -108,10 +108,10 @@ def check_values(config, given, source):
 
 def given_settings(settings):
     """``settings`` without its None values (None: "the preset's, or the resumed run's"); ValueError for a
-    name that is not a setting (:data:`SETTINGS`)."""
-    unknown = sorted(set(settings or {}) - set(SETTINGS))
+    name that is not a setting (:data:`CONFIG_FIELDS`)."""
+    unknown = sorted(set(settings or {}) - set(CONFIG_FIELDS))
     if unknown:
-        raise ValueError(f"unknown settings {', '.join(unknown)}: a run's settings are {', '.join(SETTINGS)}")
+        raise ValueError(f"unknown settings {', '.join(unknown)}: a run's settings are {', '.join(CONFIG_FIELDS)}")
     return {name: value for name, value in (settings or {}).items() if value is not None}
 
 
@@ -126,15 +126,16 @@ def new_run_config(settings, out=None):
         out: the run directory, which must be new or empty; None: ``runs/<preset>-<date>-<time>``, a
             base name that :meth:`Run.create` makes unique (-2, -3, ...) when it takes the folder.
     Raises:
-        RunError: an invalid value, or --no-sn with --sn-mode; RunDirError: ``out`` cannot be the run's.
+        RunError: an invalid value, or --sn-mode without SN (--no-sn, --d-norm other than sn); RunDirError: ``out`` cannot be the run's.
     """
     given = given_settings(settings)
     preset = given.pop("preset", None)
     if preset is None:  # earlier npsn: --model alone chose its preset
         preset = given["model"] if given.get("model") in PRESETS else "cnn"
-    if given.get("sn") is False and "sn_mode" in given:
-        raise RunError("argument --sn-mode: it chooses how D's spectral normalization measures sigma, and "
-                       "--no-sn turns that off; give one of them")
+    if given.get("d_norm", "sn") != "sn" and "sn_mode" in given:
+        off = "--no-sn" if given["d_norm"] == "none" else f"--d-norm {given['d_norm']}"
+        raise RunError(f"argument --sn-mode: it chooses how D's spectral normalization measures sigma, and "
+                       f"{off} turns that off; give one of them")
     config = preset_config(preset, **given)
     check_values(config, given, "the preset")
     if out:
@@ -162,7 +163,7 @@ def resumed_run_config(recorded, settings):
     given = given_settings(settings)
     run_dir, stored = recorded.run_dir, recorded.values
     config_path = os.path.join(run_dir, "config.json")
-    unknown = sorted(set(stored) - set(SETTINGS) - {"data", "source"})
+    unknown = sorted(set(stored) - set(CONFIG_FIELDS) - set(LEGACY_FIELDS) - {"data", "source"})
     if unknown:
         raise RunError(f"{config_path} has unknown settings {', '.join(unknown)} (damaged, or from another "
                        f"version of npsn); correct that file")
@@ -175,7 +176,7 @@ def resumed_run_config(recorded, settings):
     if not recorded.has_checkpoint:
         return with_resumed_changes(config, given, run_dir, config_path)
     _, meta = read_checkpoint(os.path.join(run_dir, "checkpoint.npz"))
-    for name in SETTINGS:
+    for name in CONFIG_FIELDS:
         if name not in RESUMABLE_OPTIONS and name in meta["config"] and meta["config"][name] != getattr(config, name):
             raise RunError(f"{config_path} has {name}={getattr(config, name)!r} but the checkpoint was trained "
                            f"with {name}={meta['config'][name]!r}; restore config.json from a copy")
@@ -333,7 +334,7 @@ class Run:
         """Open a new run with ``settings`` over a preset's (:func:`new_run_config`).
 
         Args:
-            settings: {setting: value}, names of :data:`SETTINGS` (the command line's options).
+            settings: {setting: value}, names of :data:`CONFIG_FIELDS` (the command line's options).
             out: its run directory, new or empty (default ``runs/<preset>-<date>-<time>``, made unique).
             data: cifar-10-python.tar.gz or its extracted folder (default ./data).
             download: download the official archive into ``data`` (or ./data) first.

@@ -11,6 +11,9 @@ from it reproduces the uninterrupted run's losses exactly on NumPy.
 A class-conditional run (``num_classes`` K > 0: conditional BN in G, a projection D) feeds each real
 batch's labels to D, draws G's labels uniformly from its own checkpointed stream, and draws its
 sample grids with one row per class, the class names written left of the rows.
+
+The paper's competing discriminators (``d_norm``, the ``*-gp`` losses, ``weight_clip``: :mod:`npsn.gan.methods`)
+and its optimizer settings A-F (``setting``: :data:`SETTINGS`, Table 1) are options of the same config.
 """
 import dataclasses
 import json
@@ -24,9 +27,11 @@ from npsn import backend
 from npsn.data.cifar10 import CIFAR10_CLASSES, MinibatchStream
 from npsn.data.pixels import pixels_to_dequantized, pixels_to_unit
 from npsn.gan.checkpoint import flatten, load_checkpoint, load_modules, save_checkpoint, unflatten
-from npsn.gan.rundir import cut_log
-from npsn.gan.losses import get_loss
+from npsn.gan.gradient_penalty import PENALIZED_LOSSES
+from npsn.gan.losses import LOSSES, get_loss
+from npsn.gan.methods import discriminator_regularizers, method_problems
 from npsn.gan.models import gan_from_config, sample_latent
+from npsn.gan.rundir import cut_log
 from npsn.gan.updates import TrainingDiverged, check_finite, discriminator_update, gan_iteration, generator_update
 from npsn.nn.spectral_norm import spectral_layers
 from npsn.optim import Adam
@@ -44,8 +49,9 @@ class TrainConfig:
     """Every setting of a run; a preset of ``PRESETS`` fills in its source's values, the command line overrides them."""
 
     preset: str = "cnn"  # the PRESETS entry the run started from ("" for none)
+    setting: str = ""  # a SETTINGS entry (Table 1: lr, betas, n_dis over the preset's), or "" for none
     model: str = "cnn"
-    loss: str = "hinge"
+    loss: str = "hinge"  # a loss of npsn.gan.losses.LOSSES, or one with the gradient penalty: wgan-gp, gan-gp
     iterations: int = 100_000  # generator updates
     batch_size: int = 64  # real and generated images per D update
     g_batch_size: int = 0  # generated images per G update (G's BN statistics too); 0 = batch_size
@@ -61,8 +67,9 @@ class TrainConfig:
     num_classes: int = 0  # 0: unconditional; K: class-conditional G (conditional BN) and projection D, K classes
     g_ch: int = 0  # base widths; 0 = the model's source's (npsn.gan.models.DEFAULT_WIDTHS)
     d_ch: int = 0
-    sn: bool = True
+    d_norm: str = "sn"  # one of npsn.gan.cnn.D_NORMS: D's normalization (sn, none; bn, ln, wn, ortho for cnn, sndcgan)
     sn_mode: str = "matrix"  # one of npsn.nn.spectral_norm.SN_MODES: "matrix" (the paper) or "operator"
+    weight_clip: float = 0.0  # clip D's layer weights to [-c, c] after each D update; 0 = off
     seed: int = 0
     device: str = "cpu"
     log_every: int = 10
@@ -74,8 +81,11 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values):
-        """The config of a dict; a run of an older npsn (no ``preset`` key) started from its model's preset."""
+        """The config of a dict; a run of an older npsn (no ``preset`` key) started from its model's preset,
+        one without ``d_norm`` had ``sn`` (true: d_norm "sn", false: "none")."""
         names = {f.name for f in dataclasses.fields(cls)}
+        if "d_norm" not in values and "sn" in values:
+            values = dict(values, d_norm="sn" if values["sn"] else "none")
         values = {k: v for k, v in values.items() if k in names}
         if "preset" not in values:
             model = values.get("model", cls.model)
@@ -164,22 +174,46 @@ def presets_help():
     return "\n".join(lines)
 
 
+# The paper's Table 1: the optimizer settings of its robustness study (Adam's alpha, beta1, beta2; n_dis).
+SETTINGS = {
+    "A": dict(lr=1e-4, beta1=0.5, beta2=0.9, n_dis=5),
+    "B": dict(lr=1e-4, beta1=0.5, beta2=0.999, n_dis=1),
+    "C": dict(lr=2e-4, beta1=0.5, beta2=0.999, n_dis=1),
+    "D": dict(lr=1e-3, beta1=0.5, beta2=0.9, n_dis=5),
+    "E": dict(lr=1e-3, beta1=0.5, beta2=0.999, n_dis=5),
+    "F": dict(lr=1e-3, beta1=0.9, beta2=0.999, n_dis=5),
+}
+
+
 def preset_config(preset, **overrides):
-    """The preset named ``preset`` (a key of PRESETS) with ``overrides`` (keys whose value is None are ignored)."""
+    """The preset named ``preset`` (a key of PRESETS) with ``overrides`` (keys whose value is None are ignored).
+
+    A ``setting`` among the overrides (a key of SETTINGS) sets lr, beta1, beta2 and n_dis over the preset's;
+    the other overrides (an explicit ``lr``, say) come last.
+
+    >>> c = preset_config("paper-cnn-nonsaturating", setting="D", beta2=0.99)
+    >>> c.setting, c.lr, c.beta1, c.beta2, c.n_dis
+    ('D', 0.001, 0.5, 0.99, 5)
+    """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
     values = dict(PRESETS[preset], preset=preset)
+    values.update(SETTINGS.get(overrides.get("setting"), {}))  # an unknown one is left to config_problems
     values.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig.from_dict(values)
 
 
 # The fields that decide the models' layers and shapes: a checkpoint loads only into the same ones.
-ARCHITECTURE_FIELDS = ("model", "z_dim", "g_ch", "d_ch", "sn", "sn_mode", "d_final_bias", "num_classes")
+ARCHITECTURE_FIELDS = ("model", "z_dim", "g_ch", "d_ch", "d_norm", "sn_mode", "d_final_bias", "num_classes")
+
+#: Keys of the config.json of an older npsn that are no longer options (read by TrainConfig.from_dict).
+LEGACY_FIELDS = ("sn",)
 
 # Options a resumed run may change: how long it trains, its learning-rate schedule, what it
 # writes and when, and where it runs. Every other option of TrainConfig (model, loss, widths,
-# z_dim, sn, sn_mode, batch sizes, betas, n_dis, seed, preset, z_dist, pixels, d_final_bias, num_classes) is fixed
-# by its checkpoint: they decide the architecture, the draws from the random streams, or what a G update averages over.
+# z_dim, d_norm, sn_mode, weight_clip, setting, batch sizes, betas, n_dis, seed, preset, z_dist, pixels, d_final_bias,
+# num_classes) is fixed by its checkpoint: they decide the architecture, the draws from the random streams, the D
+# update, or what a G update averages over.
 RESUMABLE_OPTIONS = ("iterations", "lr", "lr_decay", "device", "log_every", "sample_every", "checkpoint_every",
                      "checkpoint_minutes", "eval_every", "eval_images")
 
@@ -190,8 +224,12 @@ _LOWER_BOUNDS = {
     "n_dis": (1, True), "z_dim": (1, True), "g_ch": (0, True), "d_ch": (0, True), "seed": (0, True),
     "log_every": (1, True), "sample_every": (0, True), "checkpoint_every": (0, True),
     "checkpoint_minutes": (0, True), "eval_every": (0, True), "eval_images": (1, True), "num_classes": (0, True),
+    "weight_clip": (0, True),
 }
 GRID_COLUMNS = 10  # a conditional run's sample grid: one row per class, this many z (the same z down each column)
+
+#: The values of ``loss``: the losses on logits, and wgan-gp and gan-gp (one of them with the gradient penalty).
+LOSS_CHOICES = tuple(LOSSES) + tuple(PENALIZED_LOSSES)
 
 
 def config_problems(config):
@@ -201,12 +239,15 @@ def config_problems(config):
     []
     >>> config_problems(preset_config("cnn", batch_size=0, beta2=1.0))
     [('batch_size', 'must be at least 1, got 0'), ('beta2', 'must be in [0, 1), got 1.0')]
+    >>> config_problems(preset_config("cnn", d_norm="bn", loss="wgan-gp"))[0][0]
+    'loss'
     """
-    from npsn.gan.losses import LOSSES
+    from npsn.gan.cnn import D_NORMS
     from npsn.gan.models import MODELS, Z_DISTRIBUTIONS
 
-    choices = {"model": tuple(MODELS), "loss": tuple(LOSSES), "lr_decay": LR_DECAYS, "device": backend.DEVICES,
-               "preset": tuple(PRESETS) + ("",), "z_dist": Z_DISTRIBUTIONS, "pixels": PIXEL_MAPPINGS}
+    choices = {"model": tuple(MODELS), "loss": LOSS_CHOICES, "lr_decay": LR_DECAYS, "device": backend.DEVICES,
+               "preset": tuple(PRESETS) + ("",), "z_dist": Z_DISTRIBUTIONS, "pixels": PIXEL_MAPPINGS,
+               "d_norm": D_NORMS, "setting": tuple(SETTINGS) + ("",)}
     try:
         from npsn.nn.spectral_norm import SN_MODES
         choices["sn_mode"] = tuple(SN_MODES)
@@ -239,6 +280,8 @@ def config_problems(config):
                 problems.append((name, f"must be in [0, 1), got {value}"))
             elif name == "num_classes" and value == 1:
                 problems.append((name, "must be 0 (unconditional) or at least 2, got 1"))
+    if not problems:  # the combinations, once every value is valid on its own
+        problems = method_problems(config.model, config.loss, config.d_norm, config.num_classes)
     return problems
 
 
@@ -280,7 +323,11 @@ class Trainer:
 
     Random streams (NumPy Generators seeded ``[seed, i]``): i = 2 z, 3 the grids' fixed z, 6 the
     dequantization noise, 7 G's labels (conditional runs only; an unconditional run never draws
-    from it), all checkpointed; 0 and 1 seed the weights, 4 and 5 the evaluator.
+    from it), 8 the gradient penalty's interpolation weights (``*-gp`` losses only), all checkpointed;
+    0 and 1 seed the weights, 4 and 5 the evaluator.
+
+    Attributes beside the models and optimizers: ``d_regularizers``, what the run's method adds to each
+    D update (:func:`~npsn.gan.methods.discriminator_regularizers`; empty for SN).
     """
 
     def __init__(self, config, images, out_dir, resume=False, labels=None, class_names=None):
@@ -291,7 +338,10 @@ class Trainer:
         self.G, self.D = gan_from_config(c)
         self.G.to(c.device)
         self.D.to(c.device)
-        self.d_loss, self.g_loss = get_loss(c.loss)
+        # a *-gp loss is its loss on logits plus the gradient penalty, one of the D update's regularizers
+        self.d_loss, self.g_loss = get_loss(PENALIZED_LOSSES.get(c.loss, c.loss))
+        self.penalty_noise = np.random.default_rng([c.seed, 8])  # the gradient penalty's epsilon
+        self.d_regularizers = discriminator_regularizers(self.D, c.loss, c.d_norm, c.weight_clip, self.sample_eps)
         self.opt_g = Adam(self.G.parameters(), lr=c.lr, betas=(c.beta1, c.beta2))
         self.opt_d = Adam(self.D.parameters(), lr=c.lr, betas=(c.beta1, c.beta2))
         self.images = self.xp.asarray(images)  # uint8 on the device: 150 MB for CIFAR-10's training split
@@ -364,13 +414,20 @@ class Trainer:
         """The z of a G update: ``g_batch_size`` of them (sngan_projection's ``n_gen_samples``)."""
         return self.sample_z(self.g_batch_size)
 
+    def sample_eps(self, n):
+        """n interpolation weights of the gradient penalty, U[0, 1], drawn on the host from the checkpointed
+        ``penalty_noise`` stream, on the device: (n,) float32."""
+        return backend.to_device(self.penalty_noise.uniform(0.0, 1.0, n).astype(np.float32), self.config.device)
+
     def d_step(self):
         """One discriminator update alone (timed by ``scripts/bench.py``); returns the 0-d loss."""
         if not self.config.num_classes:
-            return discriminator_update(self.G, self.D, self.opt_d, self.d_loss, self.real_batch(), self.sample_z())
+            return discriminator_update(self.G, self.D, self.opt_d, self.d_loss, self.real_batch(), self.sample_z(),
+                                        regularizers=self.d_regularizers)
         x, y = self.real_labelled_batch()
         z = self.sample_z()
-        return discriminator_update(self.G, self.D, self.opt_d, self.d_loss, x, z, y, self.sample_y(z.shape[0]))
+        return discriminator_update(self.G, self.D, self.opt_d, self.d_loss, x, z, y, self.sample_y(z.shape[0]),
+                                    self.d_regularizers)
 
     def g_step(self):
         """One generator update alone through a frozen D (timed by ``scripts/bench.py``); returns the 0-d loss."""
@@ -393,7 +450,8 @@ class Trainer:
         conditional = bool(self.config.num_classes)
         losses = gan_iteration(self.G, self.D, self.opt_d, self.opt_g, (self.d_loss, self.g_loss),
                                self.config.n_dis, self.real_labelled_batch if conditional else self.real_batch,
-                               self.sample_z, self.sample_g_z, self.sample_y if conditional else None)
+                               self.sample_z, self.sample_g_z, self.sample_y if conditional else None,
+                               self.d_regularizers)
         self.iteration += 1
         return losses
 
@@ -435,6 +493,8 @@ class Trainer:
         if self.config.num_classes:  # absent from unconditional checkpoints, which stay as they were
             meta["label_noise_state"] = self.label_noise.bit_generator.state
             meta["class_names"] = self.class_names
+        if self.config.loss in PENALIZED_LOSSES:  # likewise absent without a gradient penalty
+            meta["penalty_noise_state"] = self.penalty_noise.bit_generator.state
         save_checkpoint(self.checkpoint_path, arrays, meta)
         self.saved_iteration = self.iteration  # only once the file is in place
         self._last_save = time.monotonic()
@@ -457,6 +517,8 @@ class Trainer:
             self.pixel_noise.bit_generator.state = meta["pixel_noise_state"]
         if self.config.num_classes:
             self.label_noise.bit_generator.state = meta["label_noise_state"]  # KeyError: not a conditional run's
+        if self.config.loss in PENALIZED_LOSSES:
+            self.penalty_noise.bit_generator.state = meta["penalty_noise_state"]  # KeyError: not a penalized run's
         self.iteration = self.saved_iteration = int(meta["iteration"])
 
     def save_samples(self, name):

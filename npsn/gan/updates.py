@@ -8,11 +8,15 @@ paper's n_dis; the authors' updaters, sngan_projection ``updater.py`` and chaine
 one update). A class-conditional GAN (sngan_projection's ``conditional: True``) passes labels to
 G and D in each update. :func:`check_finite` is the divergence check: the one host transfer of the
 two losses, raising :class:`TrainingDiverged` when either is NaN or infinite.
+
+The methods the paper compares with SN add to the D update through :class:`DiscriminatorRegularizer`
+s (the gradient penalty, orthonormal regularization, weight clipping: :mod:`npsn.gan.methods`).
 """
 import math
 
 from npsn.backend import get_array_module, to_numpy
-from npsn.nn.module import input_grad
+from npsn.nn.batchnorm import _BatchNorm
+from npsn.nn.module import input_grad, restore_caches, saved_caches
 
 
 class TrainingDiverged(RuntimeError):
@@ -24,27 +28,81 @@ def _forward(model, inputs, labels):
     return model(inputs) if labels is None else model(inputs, labels)
 
 
-def discriminator_update(G, D, opt_d, d_loss, x_real, z, y_real=None, y_fake=None):
-    """One D update on a real batch and G(z), through D as one batch of 2B.
+class DiscriminatorRegularizer:
+    """A part of the discriminator's update beside its loss on logits; the base does nothing.
 
-    D has no batch-dependent layers, so one pass over the concatenation gives the same
-    gradients as two passes (and runs SN's power iteration once). G runs in its current mode
-    (training: BN batch statistics) and is not differentiated.
+    :func:`discriminator_update` calls, for each regularizer given,
+
+    * ``penalty(D, x_real, x_fake)`` after the loss's backward, before the optimizer step: adds dP/dp
+      into D's parameters' ``.grad`` and returns the 0-d P, which is added to the reported D loss (or
+      None: no term). The gradient penalty (:mod:`npsn.gan.gradient_penalty`), Brock et al.'s
+      orthonormal regularization (:mod:`npsn.gan.orthonormal`).
+    * ``after_step(D)`` after the optimizer step: a projection of the weights (weight clipping,
+      :mod:`npsn.gan.weight_clipping`).
+    """
+
+    def penalty(self, D, x_real, x_fake):
+        return None
+
+    def after_step(self, D):
+        pass
+
+
+def has_batch_statistics(model):
+    """Whether ``model`` has a BatchNorm layer in training mode (its output for a sample depends on the batch)."""
+    return any(isinstance(m, _BatchNorm) and m.training for m in model.modules())
+
+
+def discriminator_update(G, D, opt_d, d_loss, x_real, z, y_real=None, y_fake=None, regularizers=()):
+    """One D update on a real batch and G(z), through D as one batch of 2B (or as two, for a D with BatchNorm).
+
+    Without batch-dependent layers, one pass over the concatenation gives the same gradients as two
+    passes (and runs SN's power iteration once). A D with BatchNorm (the paper's BN discriminator)
+    sees the real and the generated batch in two forward passes, each normalized with its own
+    statistics (the authors' updaters call ``dis(x_real)`` and ``dis(x_fake)``); the two backward
+    passes run against their own forwards' caches (:func:`~npsn.nn.module.saved_caches`). G runs in
+    its current mode (training: BN batch statistics) and is not differentiated.
 
     A class-conditional GAN passes labels, int32 (B,) on the models' device: ``y_real`` the real
     images' classes, ``y_fake`` the classes G draws; D sees ``concatenate([y_real, y_fake])``
     beside the images (labels are not differentiated). Unconditional: both None.
+
+    ``regularizers``: :class:`DiscriminatorRegularizer` s, in order; their penalties are added to the
+    returned loss (the D objective), and their ``after_step`` runs after the optimizer step.
     """
     xp = get_array_module(x_real)
     b = x_real.shape[0]
     x_fake = _forward(G, z, y_fake)
-    y = None if y_real is None else xp.concatenate([y_real, y_fake])
-    logits = _forward(D, xp.concatenate([x_real, x_fake]), y)
-    loss, grad_real, grad_fake = d_loss(logits[:b], logits[b:])
     opt_d.zero_grad()
-    with input_grad(D, False):  # the images need no gradient: D's first layer skips dL/dx
-        D.backward(xp.concatenate([grad_real, grad_fake]))
+    if has_batch_statistics(D):
+        loss = _separate_passes(D, d_loss, x_real, x_fake, y_real, y_fake)
+    else:
+        y = None if y_real is None else xp.concatenate([y_real, y_fake])
+        logits = _forward(D, xp.concatenate([x_real, x_fake]), y)
+        loss, grad_real, grad_fake = d_loss(logits[:b], logits[b:])
+        with input_grad(D, False):  # the images need no gradient: D's first layer skips dL/dx
+            D.backward(xp.concatenate([grad_real, grad_fake]))
+    for regularizer in regularizers:
+        penalty = regularizer.penalty(D, x_real, x_fake)
+        if penalty is not None:
+            loss = loss + penalty
     opt_d.step()
+    for regularizer in regularizers:
+        regularizer.after_step(D)
+    return loss
+
+
+def _separate_passes(D, d_loss, x_real, x_fake, y_real, y_fake):
+    """D's loss on the two batches, each through a forward and a backward of its own; the first forward's
+    caches are kept across the second."""
+    logits_real = _forward(D, x_real, y_real)
+    real_pass = saved_caches(D)
+    logits_fake = _forward(D, x_fake, y_fake)
+    loss, grad_real, grad_fake = d_loss(logits_real, logits_fake)
+    with input_grad(D, False):
+        D.backward(grad_fake)
+        restore_caches(real_pass)
+        D.backward(grad_real)
     return loss
 
 
@@ -67,7 +125,8 @@ def generator_update(G, D, opt_g, g_loss, z, y=None):
     return loss
 
 
-def gan_iteration(G, D, opt_d, opt_g, loss, n_dis, next_real, next_z, next_g_z=None, next_labels=None):
+def gan_iteration(G, D, opt_d, opt_g, loss, n_dis, next_real, next_z, next_g_z=None, next_labels=None,
+                  regularizers=()):
     """``n_dis`` D updates, then one G update on fresh z; returns the last 0-d ``(loss_d, loss_g)``.
 
     Args:
@@ -83,6 +142,8 @@ def gan_iteration(G, D, opt_d, opt_g, loss, n_dis, next_real, next_z, next_g_z=N
             models' device (the conditional GAN: drawn uniformly, as sngan_projection's
             ``sample_categorical``). A D update gives the same labels to G and to D's fake half;
             the G update draws fresh ones.
+        regularizers: the D update's :class:`DiscriminatorRegularizer` s (a gradient penalty draws its
+            interpolation weights after the real batch and z of its D update).
 
     The random draws happen in this fixed order, which exact resuming relies on: for each D
     update, ``next_real()``, ``next_z()``, then ``next_labels(B)``; then ``next_g_z()`` and
@@ -95,7 +156,7 @@ def gan_iteration(G, D, opt_d, opt_g, loss, n_dis, next_real, next_z, next_g_z=N
         x_real, y_real = next_real() if conditional else (next_real(), None)
         z = next_z()
         y_fake = next_labels(z.shape[0]) if conditional else None
-        loss_d = discriminator_update(G, D, opt_d, d_loss, x_real, z, y_real, y_fake)
+        loss_d = discriminator_update(G, D, opt_d, d_loss, x_real, z, y_real, y_fake, regularizers)
     z = (next_g_z or next_z)()
     loss_g = generator_update(G, D, opt_g, g_loss, z, next_labels(z.shape[0]) if conditional else None)
     return loss_d, loss_g

@@ -6,12 +6,14 @@ stable elementwise functions shared with the losses in :mod:`npsn.nn.functional`
 """
 from npsn.nn.activations import LeakyReLU, ReLU, Scale, Sigmoid, Tanh
 from npsn.nn.batchnorm import BatchNorm1d, BatchNorm2d
+from npsn.nn.bias import Bias
 from npsn.nn.conditional import ConditionalResidual, ConditionalSequential, Projection
 from npsn.nn.conditional_batchnorm import CategoricalConditionalBatchNorm1d, CategoricalConditionalBatchNorm2d
 from npsn.nn.conv import Conv2d, ConvTranspose2d
 from npsn.nn.embedding import Embedding
+from npsn.nn.layer_norm import LayerNorm
 from npsn.nn.linear import Linear
-from npsn.nn.module import BackwardWithoutForwardError, Module, Parameter, Sequential, input_grad
+from npsn.nn.module import BackwardWithoutForwardError, Module, Parameter, Sequential, create_graph, input_grad
 from npsn.nn.maxpool import MaxPool2d
 from npsn.nn.pooling import AvgPool2d, GlobalSumPool2d, Upsample
 from npsn.nn.reshape import Flatten, Reshape, ToChannelsFirst, ToChannelsLast

@@ -59,6 +59,10 @@ class LeakyReLU(Module):
 
     Backward: dL/dx = dL/dy d. Forward keeps d (the local derivative), so backward is one
     product.
+
+    Double backward (a loss P of g_in = d G, with R = dP/dg_in): d is piecewise constant in x, so its
+    derivative is 0 almost everywhere (no second-order term, as in PyTorch), and dP/dG = d R, the same
+    mask product.
     """
 
     def __init__(self, negative_slope=0.01):
@@ -74,6 +78,10 @@ class LeakyReLU(Module):
     def backward(self, grad_out):
         # dL/dx = G d
         return _times(grad_out, self.saved().dydx)
+
+    def double_backward(self, grad_grad_in):
+        # dP/dG = d R
+        return _times(grad_grad_in, self.saved().dydx)
 
     def extra_repr(self):
         return f"negative_slope={self.negative_slope}"

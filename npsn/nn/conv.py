@@ -135,11 +135,26 @@ class _ConvBase(WeightLayer):
         dL/dx is None when ``needs_input_grad`` is False, dL/dweight when ``weight.requires_grad`` is.
         """
         saved = self.saved()
+        self.save_for_double_backward(grad_out=grad_out)
         grad_in, grad_weight = self.linear_backward_with(grad_out, saved.weight, saved.input_hw, saved.saved,
                                                          input_grad=self.needs_input_grad,
                                                          weight_grad=self.weight.requires_grad)
         self._accumulate_bias_grad(grad_out)
         return grad_in, grad_weight
+
+    def double_backward_with(self, grad_grad_in):
+        """``(A_W R, d<G, A_W R>/dW)`` for a loss P of dL/dx = A_W^T G, R = dP/d(dL/dx) (see
+        :meth:`WeightLayer.double_backward_with`): the bias-free forward map of R, and the weight gradient for
+        input R and upstream gradient G."""
+        saved = self.saved()
+        # dP/dG = A_W R
+        grad_grad_out, saved_r = self.linear_with(grad_grad_in, saved.weight)
+        if not self.weight.requires_grad:
+            return grad_grad_out, None
+        # dP/dW = d<G, A_W R>/dW
+        _, grad_weight = self.linear_backward_with(saved.grad_out, saved.weight, saved.input_hw, saved_r,
+                                                   input_grad=False, weight_grad=True)
+        return grad_grad_out, grad_weight
 
     def linear_with(self, x, weight):
         """``(A_W x, saved)``: the bias-free linear map with ``weight``; writes no cache (a pure function of its arguments).

@@ -57,6 +57,39 @@ def normal(shape, std=0.02, rng=None, dtype=np.float32):
     return (rng.standard_normal(size=shape) * std).astype(dtype)
 
 
+def orthogonal(shape, rng=None, dtype=np.float32):
+    """A random orthonormal operator: ``torch.nn.init.orthogonal_`` with gain 1.
+
+    The weight as an (h, w) matrix, h = shape[0] and w the product of the rest (a convolution's
+    (out, in k k)), has orthonormal rows when h <= w and orthonormal columns otherwise: all of its
+    min(h, w) singular values are 1. It is the Q factor of the QR decomposition of an (max, min)
+    Gaussian matrix, with each column's sign set by R's diagonal, which makes it uniformly (Haar)
+    distributed (Mezzadri 2007).
+
+    >>> W = orthogonal((3, 2, 2, 2), np.random.default_rng(0), np.float64).reshape(3, 8)
+    >>> bool(np.allclose(W @ W.T, np.eye(3)))
+    True
+    """
+    rng = rng or _default_rng
+    rows = shape[0]
+    cols = int(np.prod(shape[1:]))
+    gaussian = rng.standard_normal((max(rows, cols), min(rows, cols)))
+    q, r = np.linalg.qr(gaussian)
+    # Q diag(sign(diag(R))): the decomposition made unique, Q Haar-distributed
+    q = q * np.sign(np.diag(r))
+    if rows < cols:
+        q = q.T
+    return q.reshape(shape).astype(dtype)
+
+
+def init_orthogonal(layer, rng):
+    """Weight a random orthonormal operator (:func:`orthogonal`), bias 0 (returns the layer)."""
+    layer.weight.data = orthogonal(layer.weight.data.shape, rng)
+    if layer.bias is not None:
+        layer.bias.data = np.zeros_like(layer.bias.data)
+    return layer
+
+
 def init_normal(layer, rng, std=0.02):
     """Weights ~ N(0, std^2), bias 0 (returns the layer)."""
     layer.weight.data = normal(layer.weight.data.shape, std, rng)

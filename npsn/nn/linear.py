@@ -23,6 +23,9 @@ class Linear(WeightLayer):
         \frac{\partial L}{\partial W} = G^T x, \qquad
         \frac{\partial L}{\partial b} = \textstyle\sum_n G_n .
 
+    Double backward (a loss P of dL/dx, R = dP/d(dL/dx)): since <R, G W> = <G, R W^T>,
+    dP/dG = R W^T and dP/dW = G^T R; b does not enter dL/dx.
+
     The map is computed by :meth:`forward_with` / :meth:`backward_with` for any weight array W;
     ``forward`` and ``backward`` use ``self.weight`` (:class:`~npsn.nn.spectral_norm.SpectralNorm`
     passes W / sigma instead).
@@ -50,6 +53,7 @@ class Linear(WeightLayer):
         dL/dx is None when ``needs_input_grad`` is False, dL/dW when ``weight.requires_grad`` is.
         """
         saved = self.saved()
+        self.save_for_double_backward(grad_out=grad_out)
         if self.bias is not None and self.bias.requires_grad:
             # dL/db = sum_n G_n
             self.bias.accumulate_grad(grad_out.sum(axis=0))
@@ -58,6 +62,15 @@ class Linear(WeightLayer):
         # dL/dx = G W
         grad_in = grad_out @ saved.W if self.needs_input_grad else None
         return grad_in, grad_weight
+
+    def double_backward_with(self, grad_grad_in):
+        """``(dP/dG, dP/dW)`` for a loss P of dL/dx = G W (see :meth:`WeightLayer.double_backward_with`): R W^T and G^T R."""
+        saved = self.saved()
+        R, G = grad_grad_in, saved.grad_out
+        # dP/dW = G^T R   (<R, G W> = <G, R W^T> is bilinear in G and W)
+        grad_weight = G.T @ R if self.weight.requires_grad else None
+        # dP/dG = R W^T, the forward map without bias
+        return R @ saved.W.T, grad_weight
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"

@@ -15,6 +15,17 @@ A :class:`Module` has
 Each forward replaces the cache and each backward consumes it, so every backward must
 follow its own forward (like a PyTorch graph freed after ``backward()``); calling
 ``backward`` without one raises :class:`BackwardWithoutForwardError`.
+
+**Second order** (the gradient penalty of WGAN-GP, :mod:`npsn.gan.gradient_penalty`). A loss that
+depends on an input gradient g = dL/dx, here P(g), needs dP/dtheta *through* the backward pass. Inside
+``with create_graph(module):`` a backward keeps its forward's cache and also keeps the upstream
+gradient it received (``grad_out``), as PyTorch's ``backward(create_graph=True)`` keeps the graph of
+the backward. Then ``double_backward(grad_grad_in)`` takes dP/dg for the layer's input gradient
+("grad of grad_in", PyTorch's ggI), *adds* dP/dp into each parameter's ``.grad`` and returns dP/d(grad_out)
+(ggO) for the layer after it: the backward pass run backwards, so a Sequential runs it from its first
+layer to its last. Each layer derives its own in its docstring; a layer without one raises
+NotImplementedError (BatchNorm and LayerNorm: the gradient penalty is offered for the discriminators
+without them).
 """
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -63,6 +74,43 @@ class Parameter:
 
 
 @contextmanager
+def create_graph(module):
+    """Within the block, every backward of ``module`` and its sub-modules keeps what :meth:`Module.double_backward` needs.
+
+    PyTorch's ``backward(create_graph=True)``: each layer's backward then leaves its forward's cache in
+    place (instead of consuming it) and adds to it the upstream gradient ``grad_out`` it received. The
+    matching ``double_backward`` (after the block) consumes both.
+    """
+    before = [(m, m.__dict__.get("creates_graph")) for m in module.modules()]
+    for m, _ in before:
+        object.__setattr__(m, "creates_graph", True)
+    try:
+        yield module
+    finally:
+        for m, value in before:
+            if value is None:
+                del m.__dict__["creates_graph"]
+            else:
+                object.__setattr__(m, "creates_graph", value)
+
+
+def saved_caches(module):
+    """The caches that ``module`` and its sub-modules hold now, for :func:`restore_caches` (a list of (module, cache)).
+
+    Two forward passes, then the two backward passes, each against its own forward (PyTorch keeps two
+    graphs): snapshot the first pass's caches before the second forward overwrites them, and restore
+    them before the first pass's backward.
+    """
+    return [(m, m._cache) for m in module.modules()]
+
+
+def restore_caches(caches):
+    """Put back the caches of :func:`saved_caches`."""
+    for m, cache in caches:
+        object.__setattr__(m, "_cache", cache)
+
+
+@contextmanager
 def input_grad(module, needed):
     """Within the block, ``module.needs_input_grad`` is ``needed`` (the previous value is restored after).
 
@@ -92,6 +140,8 @@ class Module:
     #: When False, :meth:`backward` returns None instead of dL/dx, and layers that can skip computing
     #: it do (PyTorch's ``ctx.needs_input_grad``); set for a block with :func:`input_grad`.
     needs_input_grad = True
+    #: When True, :meth:`backward` keeps its cache for :meth:`double_backward`; set with :func:`create_graph`.
+    creates_graph = False
 
     def __init__(self):
         object.__setattr__(self, "_parameters", OrderedDict())
@@ -132,19 +182,37 @@ class Module:
     def backward(self, grad_out):
         raise NotImplementedError
 
+    def double_backward(self, grad_grad_in):
+        """dP/d(grad_out) of a loss P of this layer's input gradient, from ``grad_grad_in`` = dP/d(grad_in).
+
+        Adds dP/dp into each parameter's ``.grad``; follows a backward run under :func:`create_graph`.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no double backward (the gradient penalty's "
+                                  f"second-order pass)")
+
     def save_for_backward(self, **named_arrays):
         """Keep what backward needs, under names from the math (``x_hat=...``, ``inv_std=...``)."""
         object.__setattr__(self, "_cache", SimpleNamespace(**named_arrays))
 
+    def save_for_double_backward(self, **named_arrays):
+        """Under :func:`create_graph`, add to the kept cache what :meth:`double_backward` needs of the backward
+        (``grad_out=...``); otherwise nothing."""
+        if self.creates_graph:
+            vars(self._cache).update(named_arrays)
+
     def saved(self):
-        """Return the cache of the last forward and clear it (a backward consumes its forward)."""
+        """Return the cache of the last forward and clear it (a backward consumes its forward).
+
+        Under :func:`create_graph` the cache stays, for the double backward that consumes it.
+        """
         cache = self._cache
         if cache is None:
             raise BackwardWithoutForwardError(
                 f"{type(self).__name__}.backward() called without a matching forward(): "
                 "each backward needs its own forward pass first"
             )
-        object.__setattr__(self, "_cache", None)
+        if not self.creates_graph:
+            object.__setattr__(self, "_cache", None)
         return cache
 
     # ------------------------------------------------------------------ traversal
@@ -299,6 +367,12 @@ class Sequential(Module):
                 grad_out = layers[i].backward(grad_out)
         return grad_out if self.needs_input_grad else None
 
+    def double_backward(self, grad_grad_in):
+        """The backward pass ran the layers last to first, so its double backward runs them first to last."""
+        for layer in self._modules.values():
+            grad_grad_in = layer.double_backward(grad_grad_in)
+        return grad_grad_in
+
 
 class WeightLayer(Module):
     r"""A layer computed by an explicit-weight core: ``forward_with(x, W)`` and ``backward_with(G) -> (dL/dx, dL/dW)``.
@@ -320,8 +394,34 @@ class WeightLayer(Module):
             self.weight.accumulate_grad(grad_weight)
         return grad_in
 
+    def double_backward(self, grad_grad_in):
+        grad_grad_out, grad_weight = self.double_backward_with(grad_grad_in)
+        if grad_weight is not None:
+            self.weight.accumulate_grad(grad_weight)
+        return grad_grad_out
+
     def forward_with(self, x, weight):
         raise NotImplementedError
 
     def backward_with(self, grad_out):
+        raise NotImplementedError
+
+    def double_backward_with(self, grad_grad_in):
+        r"""``(dP/d(grad_out), dP/dW)`` for a loss P of the input gradient of the last :meth:`backward_with`.
+
+        The input gradient of a layer linear in x is g_in = A_W^T G (G its upstream gradient, A_W the
+        bias-free map x -> y - b): it depends on W and G, not on x. P's gradient through it, with
+        R = dP/dg_in (``grad_grad_in``):
+
+        .. math::
+            \langle R, A_W^T G\rangle = \langle A_W R, G\rangle
+            \quad\Rightarrow\quad
+            \frac{\partial P}{\partial G} = A_W R, \qquad
+            \frac{\partial P}{\partial W} = \frac{\partial \langle G, A_W R\rangle}{\partial W},
+
+        the forward map (without bias) applied to R, and the layer's own weight gradient for input R and
+        upstream gradient G (the map is bilinear in (x, W)). The bias does not enter g_in: no bias gradient.
+        dP/dW is None when ``weight.requires_grad`` is False. Needs the cache of a backward run under
+        :func:`create_graph` (W and G); consumes it.
+        """
         raise NotImplementedError

@@ -7,6 +7,9 @@ images as NCHW, converting at their boundaries with :class:`ToChannelsLast` and
 :class:`ToChannelsFirst`. :class:`Flatten` and :class:`Reshape` convert between the
 internal layout and PyTorch's ``C*H*W`` flattening order, so a Linear weight after them
 loads from PyTorch unchanged.
+
+Each is a fixed linear map P of its input (a permutation), whose backward is P^T; the double
+backward of a loss of that input gradient, dP/dG = P R, is the forward map again.
 """
 from npsn.nn.module import Module
 
@@ -20,6 +23,9 @@ class ToChannelsLast(Module):
     def backward(self, grad_out):
         return grad_out.transpose(0, 3, 1, 2).copy()
 
+    def double_backward(self, grad_grad_in):
+        return self.forward(grad_grad_in)
+
 
 class ToChannelsFirst(Module):
     """NHWC -> NCHW (a copy in C order).  Backward: the inverse transpose."""
@@ -30,6 +36,9 @@ class ToChannelsFirst(Module):
     def backward(self, grad_out):
         return grad_out.transpose(0, 2, 3, 1).copy()
 
+    def double_backward(self, grad_grad_in):
+        return self.forward(grad_grad_in)
+
 
 class Flatten(Module):
     """Flatten (N, H, W, C) to (N, C*H*W) in PyTorch's NCHW order (``torch.flatten(x, 1)`` of the NCHW tensor).
@@ -39,6 +48,10 @@ class Flatten(Module):
 
     def forward(self, x):
         self.save_for_backward(shape=x.shape)
+        return self._flatten(x)
+
+    @staticmethod
+    def _flatten(x):
         if x.ndim == 2:
             return x
         return x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1)
@@ -49,6 +62,10 @@ class Flatten(Module):
             return grad_out
         n, h, w, c = shape
         return grad_out.reshape(n, c, h, w).transpose(0, 2, 3, 1).copy()
+
+    def double_backward(self, grad_grad_in):
+        self.saved()  # consumes the kept cache; the map is the forward's
+        return self._flatten(grad_grad_in)
 
 
 class Reshape(Module):

@@ -12,7 +12,7 @@ import numpy as np
 
 from npsn.backend import device_of, elementwise, get_array_module, to_device, to_numpy
 from npsn.nn import init
-from npsn.nn.module import Module, Parameter, input_grad
+from npsn.nn.reparametrized import ReparametrizedWeight
 
 
 def weight_matrix_dim(layer):
@@ -97,7 +97,7 @@ INIT_POWER_ITERATIONS = 15
 SN_MODES = ("matrix", "operator")
 
 
-class SpectralNorm(Module):
+class SpectralNorm(ReparametrizedWeight):
     r"""Wrap a layer that has a ``weight`` so that it computes with W_SN = W / sigma(W).
 
     Let W be the weight as an (h, w) matrix (:func:`reshape_weight_to_matrix`).
@@ -140,7 +140,8 @@ class SpectralNorm(Module):
     The second term removes from G its component along the direction that only rescales W:
     ``<dL/dW, W> = (<G, W> - <G, W_SN> u^T W v) / sigma = 0``, since W_SN is invariant to W -> cW.
     If sigma < eps (e.g. a zero weight) sigma is clamped to eps, and as a constant it has no
-    gradient: dL/dW = G / eps.
+    gradient: dL/dW = G / eps. The gradient penalty's double backward maps dP/dW_SN to dP/dW by the
+    same formula (:class:`~npsn.nn.reparametrized.ReparametrizedWeight`, whose backward this is).
 
     **Operator mode** (``mode="operator"``, for Conv2d and ConvTranspose2d). Let A_W be the layer's
     bias-free linear map x -> conv(x; W) on one image of the layer's input shape (channels-last
@@ -240,9 +241,7 @@ class SpectralNorm(Module):
     """
 
     def __init__(self, layer, n_power_iterations=1, eps=1e-12, dim=None, rng=None, mode="matrix", input_shape=None):
-        super().__init__()
-        if not isinstance(getattr(layer, "weight", None), Parameter):
-            raise TypeError(f"SpectralNorm needs a layer with a `weight` Parameter, got {type(layer).__name__}")
+        super().__init__(layer, "weight_orig")
         if n_power_iterations < 1:
             raise ValueError("n_power_iterations must be >= 1")
         if mode not in SN_MODES:
@@ -255,15 +254,8 @@ class SpectralNorm(Module):
             raise TypeError(f"SpectralNorm(mode='operator') needs a layer with the bias-free pair linear_with / "
                             f"linear_backward_with (Conv2d, ConvTranspose2d) or a Linear, got {type(layer).__name__}")
         self.mode, self.operator = mode, operator
-        # Not a child module: its parameters are registered here under PyTorch's names (weight_orig,
-        # bias), so the layer is put in __dict__ directly, bypassing Module.__setattr__'s registration.
-        self.__dict__["module"] = layer
         self.n_power_iterations, self.eps = n_power_iterations, eps
         self.dim = weight_matrix_dim(layer) if dim is None else dim
-        self.weight_orig = layer.weight
-        for name, p in layer._parameters.items():
-            if name != "weight" and p is not None:
-                setattr(self, name, p)
         h, w = reshape_weight_to_matrix(layer.weight.data, self.dim).shape
         rng = rng or init.default_rng()
         # u, v ~ normalize(N(0, I)), as PyTorch initializes them
@@ -414,29 +406,17 @@ class SpectralNorm(Module):
         return self.module.linear_backward_with(saved.u, saved.W_sn, self.input_shape[1:3], saved.saved_v,
                                                 input_grad=False, weight_grad=True)[1]
 
-    def backward(self, grad_out):
-        saved = self.saved()
-        with input_grad(self.module, self.needs_input_grad):
-            grad_in, grad_w_sn = self.module.backward_with(grad_out)
-        if grad_w_sn is None:  # weight_orig.requires_grad is False
-            return grad_in
+    def weight_backward(self, saved, grad_w_sn):
+        """dL/dW from G = dL/dW_SN (Eq. 12); backward and double backward are :class:`ReparametrizedWeight`'s."""
         if self.operator:
-            grad_W = _through_sigma(grad_w_sn, saved.W_sn, self._dsigma_dW(saved), 1.0, saved.sigma, self.eps)
-        else:
-            # in the (h, w) matrix view, where d sigma/dW = u v^T (u as a column times v as a row)   (Eq. 12)
-            grad_matrix = _through_sigma(reshape_weight_to_matrix(grad_w_sn, self.dim),
-                                         reshape_weight_to_matrix(saved.W_sn, self.dim),
-                                         saved.u.reshape(-1, 1), saved.v.reshape(1, -1), saved.sigma, self.eps)
-            grad_W = matrix_to_weight(grad_matrix, self.weight_orig.data.shape, self.dim)
-        self.weight_orig.accumulate_grad(grad_W)
-        return grad_in
+            return _through_sigma(grad_w_sn, saved.W_sn, self._dsigma_dW(saved), 1.0, saved.sigma, self.eps)
+        # in the (h, w) matrix view, where d sigma/dW = u v^T (u as a column times v as a row)   (Eq. 12)
+        grad_matrix = _through_sigma(reshape_weight_to_matrix(grad_w_sn, self.dim),
+                                     reshape_weight_to_matrix(saved.W_sn, self.dim),
+                                     saved.u.reshape(-1, 1), saved.v.reshape(1, -1), saved.sigma, self.eps)
+        return matrix_to_weight(grad_matrix, self.weight_orig.data.shape, self.dim)
 
     # ------------------------------------------------------------------ module plumbing
-    def train(self, mode=True):
-        super().train(mode)
-        self.module.train(mode)
-        return self
-
     def extra_repr(self):
         text = f"{self.module!r}, n_power_iterations={self.n_power_iterations}, dim={self.dim}, eps={self.eps}"
         return text + (f", mode='operator', input_shape={self.input_shape}" if self.operator else "")

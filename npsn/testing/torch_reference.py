@@ -4,17 +4,21 @@ npsn never needs PyTorch; this module imports it only inside the functions that 
 imports without torch and raises :class:`ImportError` (saying so) only when such a function runs.
 
 * :func:`to_torch`: the PyTorch module with the architecture and the current weights of an npsn
-  module tree (Sequential, Residual, SpectralNorm, Linear, Conv2d, ConvTranspose2d,
-  BatchNorm1d/2d, activations, pooling, layout layers; and the class-conditional Embedding,
-  CategoricalConditionalBatchNorm1d/2d, ConditionalSequential, ConditionalResidual, Projection),
-  with npsn's ``state_dict`` names.
+  module tree (Sequential, Residual, SpectralNorm, WeightNorm, Linear, Conv2d, ConvTranspose2d,
+  BatchNorm1d/2d, LayerNorm, Bias, activations, pooling, layout layers; and the class-conditional
+  Embedding, CategoricalConditionalBatchNorm1d/2d, ConditionalSequential, ConditionalResidual,
+  Projection), with npsn's ``state_dict`` names.
 * :func:`compare_forward_backward`: one forward and backward through an npsn module and its
   mirror; max relative errors of the output, the input gradient and every parameter gradient
   (``labels=`` for a module that takes class labels).
 * :func:`compare_gan`: D's and G's outputs and D's input gradient, in float64 and float32
   (``y=`` for class-conditional models).
 * :class:`TorchTrainer` and :func:`compare_training`: npsn's training step
-  (:class:`npsn.gan.trainer.Trainer`) in PyTorch, and the agreement of the two, losses included.
+  (:class:`npsn.gan.trainer.Trainer`) in PyTorch, and the agreement of the two, losses included;
+  every discriminator method of :mod:`npsn.gan.methods` (the gradient penalty by
+  ``torch.autograd.grad(..., create_graph=True)``, the orthonormal penalty and weight clipping).
+* :func:`compare_discriminator_update`: one whole D update (loss, its regularizers, Adam) of npsn
+  and of PyTorch autograd from the same state: the gradients and the updated parameters.
 
 **Layouts.** npsn keeps images channels-last (N, H, W, C) inside networks; the mirror is NCHW
 throughout (npsn's layout layers become ``nn.Identity``). A model that starts with
@@ -47,6 +51,7 @@ import npsn
 from npsn import backend
 from npsn.data.cifar10 import MinibatchStream
 from npsn.nn.activations import Scale
+from npsn.nn.reparametrized import ReparametrizedWeight
 
 #: Max relative errors below which :func:`compare_training` reports agreement.
 TOLERANCE_FLOAT64 = 1e-9
@@ -115,7 +120,7 @@ def _leaves(module):
             yield from _leaves(child)
     elif isinstance(module, npsn.Residual):
         yield from _leaves(module.residual)
-    elif isinstance(module, npsn.SpectralNorm):
+    elif isinstance(module, ReparametrizedWeight):  # SpectralNorm, WeightNorm
         yield from _leaves(module.module)
     else:
         yield module
@@ -189,7 +194,49 @@ def _torch_layers():
         def forward(self, x):
             return x * self.factor
 
-    return Residual, GlobalSumPool2d, Scale
+    class Bias(nn.Module):
+        """y = x + bias along the channels (NCHW: axis 1) or the features."""
+
+        def __init__(self, num_features):
+            super().__init__()
+            self.bias = nn.Parameter(torch.zeros(num_features))
+
+        def forward(self, x):
+            return x + self.bias.reshape((1, -1) + (1,) * (x.ndim - 2))
+
+    class LayerNorm(nn.Module):
+        """``F.layer_norm`` over every axis but the batch, without affine parameters."""
+
+        def __init__(self, eps):
+            super().__init__()
+            self.eps = eps
+
+        def forward(self, x):
+            return torch.nn.functional.layer_norm(x, x.shape[1:], eps=self.eps)
+
+    class WeightNorm(nn.Module):
+        """A Linear / Conv2d / ConvTranspose2d computed with W = V / ||V_i|| per output unit (axis ``dim``), by autograd."""
+
+        def __init__(self, layer, dim, eps):
+            super().__init__()
+            self.weight_v = nn.Parameter(layer.weight.detach().clone())
+            self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().clone())
+            self.layer, self.dim, self.eps = [layer], dim, eps  # in a list: not a child (its parameters are these)
+
+        def forward(self, x):
+            V = self.weight_v
+            rows = V.movedim(self.dim, 0).reshape(V.shape[self.dim], -1)
+            shape = [1] * V.ndim
+            shape[self.dim] = -1
+            # W_i = V_i / max(||V_i||, eps)
+            W = V / rows.norm(dim=1).clamp(min=self.eps).reshape(shape)
+            layer = self.layer[0]
+            if isinstance(layer, nn.Linear):
+                return torch.nn.functional.linear(x, W, self.bias)
+            conv = torch.nn.functional.conv2d if isinstance(layer, nn.Conv2d) else torch.nn.functional.conv_transpose2d
+            return conv(x, W, self.bias, layer.stride, layer.padding)
+
+    return Residual, GlobalSumPool2d, Scale, Bias, LayerNorm, WeightNorm
 
 
 @functools.cache
@@ -268,7 +315,7 @@ def _torch_conditional_layers():
 def _builders():
     """{npsn layer class: function(npsn layer, convert) -> torch module} for npsn's own layers."""
     nn = require_torch().nn
-    TorchResidual, TorchGlobalSumPool2d, TorchScale = _torch_layers()
+    TorchResidual, TorchGlobalSumPool2d, TorchScale, TorchBias, TorchLayerNorm, TorchWeightNorm = _torch_layers()
 
     def conv(m, cls):
         return cls(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, bias=m.bias is not None)
@@ -292,6 +339,9 @@ def _builders():
                                                         None if m.shortcut is None else convert(m.shortcut)),
         npsn.SpectralNorm: lambda m, convert: nn.utils.spectral_norm(
             convert(m.module), n_power_iterations=m.n_power_iterations, eps=m.eps, dim=m.dim),
+        npsn.WeightNorm: lambda m, convert: TorchWeightNorm(convert(m.module), m.dim, m.eps),
+        npsn.LayerNorm: lambda m, convert: TorchLayerNorm(m.eps),
+        npsn.Bias: lambda m, convert: TorchBias(m.num_features),
         npsn.Linear: lambda m, convert: nn.Linear(m.in_features, m.out_features, bias=m.bias is not None),
         npsn.Conv2d: lambda m, convert: conv(m, nn.Conv2d),
         npsn.ConvTranspose2d: lambda m, convert: conv(m, nn.ConvTranspose2d),
@@ -534,6 +584,140 @@ def _torch_losses(torch):
     }
 
 
+class TorchDiscriminatorMethod:
+    """The D update of an npsn run's method (:func:`npsn.gan.methods.discriminator_regularizers`) in PyTorch autograd.
+
+    Args:
+        D: the npsn discriminator the regularizers were built for; torch_D: its mirror.
+        regularizers: npsn's :class:`~npsn.gan.updates.DiscriminatorRegularizer` s, read for their settings
+            (lambda, beta, c, which weights): the PyTorch side computes each independently.
+        sample_eps: ``sample_eps(n)`` -> the gradient penalty's n epsilons (NumPy), drawn in npsn's order.
+
+    :meth:`objective` is the D loss with every penalty, as one autograd graph (PyTorch differentiates
+    the gradient penalty by ``torch.autograd.grad(..., create_graph=True)``); :meth:`after_step` clips.
+    """
+
+    def __init__(self, D, torch_D, regularizers, sample_eps=None):
+        from npsn.gan.gradient_penalty import GradientPenalty
+        from npsn.gan.orthonormal import OrthonormalRegularization
+        from npsn.gan.weight_clipping import WeightClipping
+
+        self.torch = torch = require_torch()
+        names = {id(p): name for name, p in D.named_parameters()}
+        theirs = dict(torch_D.named_parameters())
+        self.penalty_weight, self.orthonormal, self.clipping = None, [], []
+        for r in regularizers:
+            if isinstance(r, GradientPenalty):
+                self.penalty_weight = r.weight
+            elif isinstance(r, OrthonormalRegularization):
+                self.orthonormal = [(theirs[names[id(p)]], r.coefficient) for p in r.weights]
+            elif isinstance(r, WeightClipping):
+                self.clipping = [(theirs[names[id(p)]], r.c) for p in r.weights]
+            else:
+                raise TypeError(f"no PyTorch counterpart for {type(r).__name__}")
+        self.D, self.sample_eps = torch_D, sample_eps
+        # a D with BatchNorm sees the real and the generated batch in passes of their own (as npsn's D update)
+        self.separate = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training
+                            for m in torch_D.modules())
+
+    def gradient_penalty(self, x_hat, weight):
+        """lambda mean (||grad_x D(x_hat)|| - 1)^2, differentiable with respect to D's parameters."""
+        torch = self.torch
+        x_hat = x_hat.detach().requires_grad_(True)
+        g, = torch.autograd.grad(self.D(x_hat).sum(), x_hat, create_graph=True)
+        return weight * ((g.flatten(1).norm(dim=1) - 1) ** 2).mean()
+
+    def orthonormal_penalty(self, W):
+        """||W^T W - I||_F^2 as written (W: the (out, rest) matrix), less the max(w - h, 0) that a wide W cannot remove."""
+        torch = self.torch
+        M = W.reshape(W.shape[0], -1)
+        h, w = M.shape
+        return ((M.T @ M - torch.eye(w, dtype=M.dtype, device=M.device)) ** 2).sum() - max(w - h, 0)
+
+    def objective(self, d_loss, x_real, x_fake, labels=None):
+        """D's loss on the real and the generated batch plus its penalties (one graph; G's output is a constant)."""
+        torch, D, b = self.torch, self.D, x_real.shape[0]
+        if self.separate:
+            loss = d_loss(D(x_real), D(x_fake))
+        else:
+            x = torch.cat([x_real, x_fake])
+            logits = D(x) if labels is None else D(x, labels)
+            loss = d_loss(logits[:b], logits[b:])
+        if self.penalty_weight is not None:
+            eps = torch.from_numpy(np.asarray(_host(self.sample_eps(b)))).to(x_real).reshape(b, 1, 1, 1)
+            loss = loss + self.gradient_penalty(eps * x_real + (1 - eps) * x_fake, self.penalty_weight)
+        for W, coefficient in self.orthonormal:
+            loss = loss + coefficient * self.orthonormal_penalty(W)
+        return loss
+
+    def after_step(self):
+        """Weight clipping: W <- clamp(W, -c, c)."""
+        with self.torch.no_grad():
+            for W, c in self.clipping:
+                W.clamp_(-c, c)
+
+
+def compare_discriminator_update(G, D, x_real, z, loss, regularizers=(), lr=2e-4, betas=(0.5, 0.999), steps=1):
+    """npsn's D update (:func:`npsn.gan.updates.discriminator_update`) against PyTorch autograd, from one state.
+
+    Args:
+        G, D: npsn models (float64 for a tight comparison), unconditional, in their current mode.
+        x_real, z: a real batch (N, 3, 32, 32) and z (N, z_dim), NumPy, in the models' dtype.
+        loss: a name of :data:`npsn.gan.trainer.LOSS_CHOICES` (wgan-gp and gan-gp add the gradient penalty
+            only if ``regularizers`` holds one: build them with :func:`npsn.gan.methods.discriminator_regularizers`).
+        regularizers: npsn's D regularizers on ``D``'s parameters; a gradient penalty's ``sample_eps`` is
+            called by npsn, and PyTorch gets the same epsilons.
+        lr, betas: Adam's, on both sides (fresh moments).
+        steps: D updates run on each side, on the same batch (the last one's gradients are compared).
+    Returns:
+        ``{"loss": e, "<parameter>.grad": e, ..., "<parameter>": e, ...}``: max relative errors
+        (:func:`relative_error`) of the D objective (loss and penalties), of every parameter's gradient
+        in the last update (relative to the largest gradient entry of D: some are 0 in exact arithmetic,
+        as the final bias's under the Wasserstein loss), and of every parameter after the updates
+        (relative to D's largest parameter entry: Adam turns a gradient of rounding noise into steps of up
+        to lr). G and D are left updated.
+    """
+    from npsn.gan.gradient_penalty import PENALIZED_LOSSES, GradientPenalty
+    from npsn.gan.losses import get_loss
+    from npsn.gan.updates import discriminator_update
+    from npsn.optim import Adam
+
+    torch = require_torch()
+    torch_G, torch_D = to_torch(G), to_torch(D)
+    drawn = []  # the epsilons npsn draws, replayed for PyTorch
+    originals = {id(r): r.sample_eps for r in regularizers if isinstance(r, GradientPenalty)}
+    for r in regularizers:
+        if id(r) in originals:
+            r.sample_eps = lambda n, draw=originals[id(r)]: drawn.append(draw(n)) or drawn[-1]
+    method = TorchDiscriminatorMethod(D, torch_D, regularizers, sample_eps=lambda n: drawn.pop(0))
+    base = PENALIZED_LOSSES.get(loss, loss)
+    opt = Adam(D.parameters(), lr=lr, betas=betas)
+    torch_opt = torch.optim.Adam(torch_D.parameters(), lr=lr, betas=betas)
+    x_torch, z_torch = torch.from_numpy(np.asarray(x_real)), torch.from_numpy(np.asarray(z))
+    try:
+        for _ in range(steps):
+            ours = discriminator_update(G, D, opt, get_loss(base)[0], x_real, z, regularizers=regularizers)
+            with torch.no_grad():
+                x_fake = torch_G(z_torch)
+            theirs = method.objective(_torch_losses(torch)[base][0], x_torch, x_fake)
+            torch_opt.zero_grad(set_to_none=True)
+            theirs.backward()
+            torch_opt.step()
+            method.after_step()
+    finally:
+        for r in regularizers:
+            if id(r) in originals:
+                r.sample_eps = originals[id(r)]
+    errors = {"loss": relative_error(ours, theirs.detach())}
+    their_params = dict(torch_D.named_parameters())
+    grad_scale = max(float(p.grad.abs().max()) for p in their_params.values() if p.grad is not None)
+    scale = max(float(p.detach().abs().max()) for p in their_params.values())
+    for name, p in D.named_parameters():
+        errors[f"{name}.grad"] = relative_error(p.grad, their_params[name].grad, scale=grad_scale)
+        errors[name] = relative_error(p.data, their_params[name].detach(), scale=scale)
+    return errors
+
+
 class TorchTrainer:
     """The training step of :class:`npsn.gan.trainer.Trainer` in PyTorch, from the trainer's current state.
 
@@ -548,8 +732,11 @@ class TorchTrainer:
         opt_g, opt_d: ``torch.optim.Adam`` with the trainer's hyperparameters (default implementation).
 
     Like the Trainer: the D update runs G under ``torch.no_grad()`` and D once over real and fake
-    concatenated; the G update runs D with ``requires_grad`` off; an iteration is ``n_dis`` D
-    updates and one G update, with one device-to-host copy of the two losses.
+    concatenated (a D with BatchNorm: once over each), plus the run's method
+    (:class:`TorchDiscriminatorMethod`: the gradient penalty with epsilons from a copy of the trainer's
+    ``penalty_noise``, the orthonormal penalty, weight clipping); the G update runs D with
+    ``requires_grad`` off; an iteration is ``n_dis`` D updates and one G update, with one device-to-host
+    copy of the two losses.
 
     A class-conditional trainer (``config.num_classes`` > 0) is mirrored too: the real images'
     labels go to D with them, G's labels come from a copy of the trainer's ``label_noise`` stream,
@@ -568,7 +755,11 @@ class TorchTrainer:
             torch.optim.Adam(model.parameters(), lr=opt.lr, betas=(opt.beta1, opt.beta2), eps=opt.eps,
                              weight_decay=opt.weight_decay)
             for model, opt in ((self.G, trainer.opt_g), (self.D, trainer.opt_d)))
-        self.d_loss, self.g_loss = _torch_losses(torch)[c.loss]
+        from npsn.gan.gradient_penalty import PENALIZED_LOSSES
+
+        self.d_loss, self.g_loss = _torch_losses(torch)[PENALIZED_LOSSES.get(c.loss, c.loss)]
+        self.penalty_noise = copy.deepcopy(trainer.penalty_noise)
+        self.method = TorchDiscriminatorMethod(trainer.D, self.D, trainer.d_regularizers, self.sample_eps)
         self.learning_rate = trainer.learning_rate  # a function of the config only
         self.images = torch.from_numpy(np.asarray(backend.to_numpy(trainer.images))).to(self.device)
         self.stream = MinibatchStream(len(self.images), c.batch_size, c.seed)
@@ -606,6 +797,10 @@ class TorchTrainer:
         y = sample_labels(self.label_noise, n, self.num_classes).astype(np.int64)
         return self.torch.from_numpy(y).to(self.device)
 
+    def sample_eps(self, n):
+        """The gradient penalty's n epsilons from the trainer's ``penalty_noise`` stream (as ``Trainer.sample_eps``)."""
+        return self.penalty_noise.uniform(0.0, 1.0, n).astype(np.float32)
+
     def sample_z(self, n):
         """n noise vectors from the trainer's generator (drawn on the host, as npsn does)."""
         z = self.noise.standard_normal((n, self.config.z_dim)).astype(np.float32)
@@ -619,12 +814,12 @@ class TorchTrainer:
         y_fake = self.sample_y(b)
         with torch.no_grad():
             x_fake = self.G(z) if y_fake is None else self.G(z, y_fake)
-        x = torch.cat([x_real, x_fake])
-        logits = self.D(x) if y_fake is None else self.D(x, torch.cat([y_real, y_fake]))
-        loss = self.d_loss(logits[:b], logits[b:])
+        labels = None if y_fake is None else torch.cat([y_real, y_fake])
+        loss = self.method.objective(self.d_loss, x_real, x_fake, labels)
         self.opt_d.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_d.step()
+        self.method.after_step()
         return loss.detach()
 
     def g_step(self):
