@@ -6,39 +6,22 @@
     python scripts/train_cifar.py --conditional --data ../shared/data/cifar-10-python.tar.gz
     python scripts/train_cifar.py --device gpu --preset sngan-projection-resnet-conditional --download
 
---preset names the configuration a run reproduces (default cnn; the presets and their sources are
-listed at the end of this help, and the run's config.json records "preset" and "source"). The
-preset gives every hyperparameter; any option given on the command line overrides
-it (the settings the run uses are printed at start). Every option is checked before the data is
-loaded or anything is written; a bad one is a one-line error (exit status 2).
+--preset names the configuration a run reproduces (default cnn; listed at the end of this help);
+options given override its values. Every option is checked before the data is loaded or anything
+is written; a bad one is one line (exit status 2). docs/training.md explains each point below.
 
-A new run never overwrites anything: --out must be a new or an empty directory (without --out,
-runs/<preset>-<date>-<time>, with -2, -3, ... added when runs start in the same second). One
-process trains a run: a second process on the same run directory (a new run or --resume) is
-refused while the first lives. A resumed run reads its config.json (which records the data's
-absolute path) and checkpoint, checks both, and continues; a run that stopped before its first
-checkpoint starts again from iteration 0 with its recorded settings. Of its options only these
-may change on resume: --iterations, --lr, --lr-decay, --device, --log-every, --sample-every,
---checkpoint-every, --checkpoint-minutes, --eval-every, --eval-images (and --data, when the data has
-moved). Any other option that differs from the run's is refused (among them --preset, --model,
---batch-size, --g-batch-size, --z-dist, --pixels, --d-final-bias, --conditional, --d-norm, --loss,
---weight-clip and --setting: they fix the architecture, the random streams or what an update computes).
+Runs: a new run never overwrites anything (--out new or empty; default runs/<preset>-<date>-<time>,
+made unique). One process trains a run at a time (a lock). --resume continues from the last
+checkpoint (a run without one starts again from iteration 0); on resume only --iterations, --lr,
+--lr-decay, --device, --log-every, --sample-every, --checkpoint-every, --checkpoint-minutes,
+--eval-every, --eval-images and --data may change. Checkpoints every --checkpoint-minutes (10), at
+the end and on Ctrl-C/SIGTERM; a failed write names the last good one. A closed stdout does not
+stop training.
 
-The paper's competing discriminators (cnn and sndcgan): --d-norm none|bn|ln|wn|ortho, --loss wgan-gp|gan-gp
-(the gradient penalty), --weight-clip C; --setting A..F sets Table 1's lr, betas and n_dis (docs/training.md).
-
---conditional trains a class-conditional GAN on CIFAR-10's 10 classes (any --model; conditional
-BatchNorm in G, a projection discriminator): D sees each real image's label, G's labels are drawn
-uniformly, and each sample grid has one row per class with the class name (from batches.meta)
-written on its left. The preset sngan-projection-resnet-conditional is the authors' conditional run.
-
-Checkpoints: every --checkpoint-every iterations, every --checkpoint-minutes (default 10), at the
-end and on Ctrl-C/SIGTERM; a first sample grid at iteration 1. A failed write (e.g. a full disk)
-stops training with the last good checkpoint named; --resume continues from it. A closed stdout
-(`| head -1`) does not stop training: what would have been printed is dropped.
-
-Data-parallel: `mpiexec -n R python scripts/train_cifar.py --distributed ...` trains on R ranks (one
-device each; --batch-size stays the global batch and must be divisible by R); rank 0 writes the run.
+--conditional: class-conditional on CIFAR-10's 10 classes (conditional BN in G, projection D; one
+grid row per class). The paper's competing discriminators (cnn, sndcgan): --d-norm, --loss
+wgan-gp|gan-gp, --weight-clip, --setting A..F (docs/methods.md). Data-parallel: mpiexec -n R python
+scripts/train_cifar.py --distributed ... (--batch-size is the global batch; rank 0 writes the run).
 """
 import preamble  # noqa: F401  (before NumPy: see scripts/preamble.py)
 
