@@ -6,7 +6,7 @@ thread variables (:func:`set_thread_environment`) before anything imports NumPy.
 import argparse
 import dataclasses
 import os
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 MODELS = ("cnn", "resnet")
 DEVICES = ("cpu", "gpu")
@@ -41,6 +41,7 @@ class BenchConfig:
     breakdown: bool = False
     g_ch: Optional[int] = None
     d_ch: Optional[int] = None
+    widths: Optional[Sequence[Tuple[int, int]]] = None  # several (g_ch, d_ch) in one run (--widths)
     seed: int = 0
     sn_mode: str = "matrix"
     json_only: bool = False
@@ -59,8 +60,21 @@ class BenchConfig:
             raise ValueError(f"models must be a non-empty subset of {', '.join(MODELS)}, got {self.models}")
         if self.batch_size < 1 or (self.threads is not None and self.threads < 1):
             raise ValueError("batch_size and threads must be positive")
+        if self.widths is not None and (self.g_ch is not None or self.d_ch is not None):
+            raise ValueError("--widths gives G's and D's widths: give it, or --g-ch/--d-ch, not both")
         if self.probe_memory not in (None, *SIDES):
             raise ValueError(f"probe_memory must be one of {', '.join(SIDES)}, got {self.probe_memory!r}")
+
+    def runs(self):
+        """``(key, config, model)`` for each model, and with ``widths`` each width: what one bench run times.
+
+        The key names the result: the model (``"cnn"``), or with ``widths`` the model and its widths
+        (``"cnn@128/16"``); each config has one width and no ``widths``.
+        """
+        if self.widths is None:
+            return [(model, self, model) for model in self.models]
+        return [(f"{model}@{g}/{d}", dataclasses.replace(self, g_ch=g, d_ch=d, widths=None), model)
+                for g, d in self.widths for model in self.models]
 
     def repeats_for(self, model):
         """Timed calls per phase for ``model``."""
@@ -107,6 +121,22 @@ def model_list(text):
     return names
 
 
+def width_list(text):
+    """``"128/16,256/32"`` -> [(128, 16), (256, 32)] (for --widths: G's and D's base widths).
+
+    >>> width_list("128/16, 512/64")
+    [(128, 16), (512, 64)]
+    """
+    widths = []
+    for part in text.split(","):
+        g, _, d = part.strip().partition("/")
+        if not (g.isascii() and g.isdigit() and d.isascii() and d.isdigit()) or int(g) < 1 or int(d) < 1:
+            raise argparse.ArgumentTypeError(f"--widths takes G/D pairs of positive widths, e.g. 128/16,256/32; "
+                                             f"got {text!r}")
+        widths.append((int(g), int(d)))
+    return widths
+
+
 def count_for(values, model, default):
     """The count of ``model`` from a :func:`per_model` dict: its own, else the one given for all, else ``default``."""
     return values.get(model, values.get(None, default))
@@ -137,6 +167,8 @@ def parse_args(argv=None, description=None):
                    help="also split npsn's iteration time into convolution matrix products, im2col/col2im and the rest")
     p.add_argument("--g-ch", type=int, help="generator width (default: the paper's; small values for smoke tests)")
     p.add_argument("--d-ch", type=int, help="discriminator width (default: the paper's)")
+    p.add_argument("--widths", type=width_list,
+                   help="several G/D widths in one run, e.g. 128/16,256/32,512/64 (each timed as with --g-ch/--d-ch)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sn-mode", choices=SN_MODES, default="matrix",
                    help="D's spectral norm: matrix (the paper's) or operator (the convolution's operator norm)")

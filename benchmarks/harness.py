@@ -89,10 +89,10 @@ def run(config, allocator_applied=False):
     env = environment_report(config, torch, allocator_applied)
     env["malloc"]["freed_64MiB_block_reused"] = freed_memory_is_reused()
     results = {}
-    for model in config.models:
-        results[model] = benchmark_model(config, model, torch, progress)
+    for key, run_config, model in config.runs():
+        results[key] = benchmark_model(run_config, model, torch, progress)
         if torch is None and config.compare == "torch":
-            results[model]["compare_skipped"] = why_not
+            results[key]["compare_skipped"] = why_not
     env["malloc"]["freed_64MiB_block_reused_after"] = freed_memory_is_reused()
     env["load_average_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     record = dict(env, benchmark="npsn", compare=config.compare if torch is not None else "none",

@@ -95,9 +95,9 @@ def format_memory(r):
 def format_report(env, results):
     """The tables: the run's header, then per model its configuration, check, phases, breakdown and memory."""
     lines = format_header(env)
-    for model, r in results.items():
-        cfg = r["config"]
-        lines += ["", f"== {model}: G ch {cfg['g_ch']} ({cfg['g_parameters'] / 1e6:.2f} M parameters), "
+    for key, r in results.items():
+        cfg, model = r["config"], key.split("@")[0]
+        lines += ["", f"== {key}: G ch {cfg['g_ch']} ({cfg['g_parameters'] / 1e6:.2f} M parameters), "
                   f"D ch {cfg['d_ch']} ({cfg['d_parameters'] / 1e6:.2f} M), {cfg['loss']} loss, Adam lr {cfg['lr']} "
                   f"betas ({cfg['beta1']}, {cfg['beta2']}); repeats {r['repeats']}, warm-up {r['warmup']}",
                   f"   iteration = 1 D update + 1 G update (n_dis = 1 here; the {model} preset trains with "
@@ -112,4 +112,7 @@ def format_report(env, results):
         if "launches" in r:
             lines += format_launches(r)
         lines += format_memory(r)
+    if len(results) > 1 and all("ratios" in r for r in results.values()):
+        lines += ["", "npsn / torch, iteration medians: " + ", ".join(
+            f"{key} {r['ratios']['iteration']:.2f}" for key, r in results.items())]
     return "\n".join(lines)

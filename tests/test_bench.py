@@ -117,3 +117,17 @@ def test_torch_side_has_npsn_names_and_outputs(tmp_path):
         assert check["ok"], check
         results = time_phases([ours, theirs], repeats=1, warmup=0, settle=0, progress=lambda text: None)
         assert all(set(r) == {"npsn", "torch"} for r in results.values())
+
+
+def test_widths_time_each_width_of_each_model_in_one_run():
+    """--widths 128/16,256/32: one result per (width, model), each config with one width."""
+    config = parse_args(["--models", "cnn,resnet", "--widths", "128/16,256/32"])
+    runs = config.runs()
+    assert [key for key, _, _ in runs] == ["cnn@128/16", "resnet@128/16", "cnn@256/32", "resnet@256/32"]
+    assert [(c.g_ch, c.d_ch, c.widths, m) for _, c, m in runs][1] == (128, 16, None, "resnet")
+    assert [key for key, _, _ in BenchConfig(models=["cnn"]).runs()] == ["cnn"]
+    with pytest.raises(ValueError, match="not both"):
+        BenchConfig(widths=[(8, 8)], g_ch=8)
+    for bad in ("128", "128/0", "a/b", "128/16,"):
+        with pytest.raises(SystemExit):
+            parse_args(["--widths", bad])
