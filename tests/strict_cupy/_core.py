@@ -105,7 +105,7 @@ class Memory:
     def __init__(self):
         self.live = 0          # bytes held by live owners
         self.high_water = 0    # the most live since the pool's last free_all_blocks()
-        self._owners = {}      # id(array) -> (bytes, name of the operation that made it)
+        self._owners = {}      # id(array) -> (bytes, the operation that made it, the line that asked)
 
     @classmethod
     def rounded(cls, nbytes):
@@ -120,15 +120,11 @@ class Memory:
             self._owners[id(array)] = (nbytes, name, _call_site())
             self.live += nbytes
             self.high_water = max(self.high_water, self.live)
-            for c in _COUNTERS:
-                if self.live > c.peak_bytes:
-                    c.peak_bytes = self.live
-                    c.peak_by_name = None  # taken lazily below: only the final peak's split matters
-            if any(c.peak_by_name is None for c in _COUNTERS):
+            risen = [c for c in _COUNTERS if self.live > c.peak_bytes]
+            if risen:  # a new peak for these blocks: what is live now is its split
                 split = self.live_by_name()
-                for c in _COUNTERS:
-                    if c.peak_by_name is None:
-                        c.peak_by_name = split
+                for c in risen:
+                    c.peak_bytes, c.peak_by_name = self.live, split
 
     def release(self, array):
         with _LOCK:
@@ -621,14 +617,20 @@ def _make_binary(ufunc_name, reflected=False, inplace=False):
     return method
 
 
-for _short, _uf in _BINARY.items():
-    setattr(ndarray, f"__{_short}__", _make_binary(_uf))
-    setattr(ndarray, f"__r{_short}__", _make_binary(_uf, reflected=True))
-    setattr(ndarray, f"__i{_short}__", _make_binary(_uf, inplace=True))
-for _short, _uf in _COMPARE.items():
-    setattr(ndarray, f"__{_short}__", _make_binary(_uf))
-for _short, _uf in _UNARY.items():
-    setattr(ndarray, f"__{_short}__", (lambda u: lambda self: _ufunc(u)(self))(_uf))
+def _install_operators(cls, inplace):
+    """Python's arithmetic, comparison and unary operators on ``cls`` as the stand-in's ufuncs."""
+    for short, name in _BINARY.items():
+        setattr(cls, f"__{short}__", _make_binary(name))
+        setattr(cls, f"__r{short}__", _make_binary(name, reflected=True))
+        if inplace:
+            setattr(cls, f"__i{short}__", _make_binary(name, inplace=True))
+    for short, name in _COMPARE.items():
+        setattr(cls, f"__{short}__", _make_binary(name))
+    for short, name in _UNARY.items():
+        setattr(cls, f"__{short}__", (lambda u: lambda self: _ufunc(u)(self))(name))
+
+
+_install_operators(ndarray, inplace=True)
 ndarray.__matmul__ = lambda self, other: cupy.matmul(self, other)
 ndarray.__rmatmul__ = lambda self, other: cupy.matmul(other, self)
 ndarray.__divmod__ = lambda self, other: _ufunc("divmod")(self, other)
@@ -776,11 +778,7 @@ class FusedScalar:
             "arguments as weak scalars and computes an operation between scalars alone in float16 "
             "(1 - 0.999 = 0.0009765625); compute it on the host and pass the result in as an argument")
 
-    def __array_ufunc__(self, np_ufunc, method, *inputs, **kwargs):
-        mine = _ufunc(np_ufunc.__name__)
-        if mine is None:
-            return NotImplemented
-        return (mine if method == "__call__" else getattr(mine, method))(*inputs, **kwargs)
+    __array_ufunc__ = ndarray.__array_ufunc__  # a NumPy ufunc on it runs the stand-in's
 
     def __bool__(self):
         raise TypeError(f"strict_cupy: a Python branch on a scalar argument inside fused function {self.kernel!r} "
@@ -796,22 +794,7 @@ class FusedScalar:
         return f"FusedScalar({self.value!r})"
 
 
-def _make_scalar_operator(ufunc_name, reflected=False):
-    def method(self, other):
-        if not isinstance(other, (ndarray, FusedScalar, bool, int, float, complex, np.generic)):
-            return NotImplemented
-        fn = _ufunc(ufunc_name)
-        return fn(other, self) if reflected else fn(self, other)
-    return method
-
-
-for _short, _uf in _BINARY.items():
-    setattr(FusedScalar, f"__{_short}__", _make_scalar_operator(_uf))
-    setattr(FusedScalar, f"__r{_short}__", _make_scalar_operator(_uf, reflected=True))
-for _short, _uf in _COMPARE.items():
-    setattr(FusedScalar, f"__{_short}__", _make_scalar_operator(_uf))
-for _short, _uf in _UNARY.items():
-    setattr(FusedScalar, f"__{_short}__", (lambda u: lambda self: _ufunc(u)(self))(_uf))
+_install_operators(FusedScalar, inplace=False)  # an operation of scalars alone is refused by the ufunc
 FusedScalar.__hash__ = None
 
 
